@@ -1,0 +1,72 @@
+"""The one typed settings object, read from ``NBA_*`` environment variables.
+
+Built at each entry point (the CLI, the service, benchmarks) and passed down as plain values;
+library code never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The project checkout (the folder holding ``pyproject.toml``); defaults are relative to it so
+#: that the commands work from any working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field can be set as ``NBA_<FIELD>`` (case-insensitive).
+
+    An optional dotenv-style settings file is read when ``NBA_SETTINGS_FILE`` names one;
+    environment variables win over it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NBA_", extra="ignore")
+
+    feature_repo: Path = Field(
+        default=PROJECT_ROOT / "feature_repo",
+        description="The Feast repository (declarations, feature_store*.yaml, data/).",
+    )
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="Which feature_store yaml to use: embedded SQLite or Redis."
+    )
+    redis_url: str = Field(
+        default="127.0.0.1:6379", description="Redis connection string for the redis profile."
+    )
+    base_currency: str | None = Field(
+        default=None,
+        description="Currency of monetary features; default: the bookings' only currency.",
+    )
+    fx_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='Units of base currency per unit of another currency, e.g. {"EUR": 1.08}.',
+    )
+    require_services: bool = Field(
+        default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
+    )
+
+    @field_validator("base_currency")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else None
+
+    @property
+    def feature_data_dir(self) -> Path:
+        """Where the offline feature table, the SQLite online store and the registry live."""
+        return self.feature_repo / "data"
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast config file for the selected online store."""
+        name = "feature_store.yaml" if self.online_store == "sqlite" else "feature_store.redis.yaml"
+        return self.feature_repo / name
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and ``NBA_SETTINGS_FILE``), then overrides."""
+    env_file = os.environ.get("NBA_SETTINGS_FILE")
+    return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

@@ -1,0 +1,477 @@
+"""Point-in-time customer features from validated raw tables.
+
+``build_features(raw, points)`` computes, for every query point (customer, t), the stored
+features of ``features.schema.STORED`` using only records strictly before t. The same function
+builds the offline feature table (points at each logged decision plus a snapshot at ``as_of``),
+the training set and ad-hoc backtests; it never reads the clock.
+
+How it stays fast on ~10M raw events: every event table becomes a *timeline* sorted by one
+int64 key ``customer_code * span + time_ms``. A query (customer, t) is then a ``searchsorted``
+into that key; windowed counts and sums are differences of positions and prefix sums, and "the
+last event before t" is the position just before. Times are floored to milliseconds; flooring
+can only drop an event that happened within the same millisecond before t, never admit one at or
+after t, so it cannot leak the future.
+
+When each record becomes known (the point-in-time rules):
+
+* bookings at ``booked_at`` (all statuses: the final status is only known later);
+* a flown leg at ``scheduled_at + delay_minutes`` (the delay is known once it has happened), a
+  cancelled leg at ``scheduled_at``; miles are credited when the leg is flown;
+* a service case at ``opened_at`` (with its topic and sentiment), its closing at ``closed_at``;
+  the brand's compensation at ``closed_at``, or at ``opened_at`` for a case still open;
+* web and email events at ``ts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features import schema
+from features.contract import RawData
+
+_MS_PER_DAY = 86_400_000
+_NS_PER_MS = 1_000_000
+_EMPTY_DTYPES = {
+    "int": "int64",
+    "float": "float64",
+    "bool": "bool",
+    "timestamp": "datetime64[ns, UTC]",
+    "string": "object",
+}
+# Headroom below 2**63 for the composite key and the look-back offsets.
+_KEY_LIMIT = 2**62
+
+
+def _ms(values: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+    """Timestamps (tz-aware or datetime64) as int64 milliseconds since the epoch (NaT -> min)."""
+    arr = np.asarray(pd.DatetimeIndex(values).as_unit("ns").asi8, dtype=np.int64)
+    return arr // _NS_PER_MS
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """Maps (customer code, time in ms) to one sortable int64 key."""
+
+    t0: int
+    span: int
+
+    def key(self, codes: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        # Clip so that look-back offsets before the first record stay inside the customer's block.
+        rel = np.clip(t_ms - self.t0, 0, self.span - 1)
+        return codes.astype(np.int64) * self.span + rel
+
+
+class _Timeline:
+    """One kind of event, sorted by (customer, time), answering as-of questions for queries."""
+
+    def __init__(self, clock: _Clock, codes: np.ndarray, t_ms: np.ndarray) -> None:
+        self.clock = clock
+        keys = clock.key(codes, t_ms)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.t_ms = t_ms[self.order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def sorted(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (aligned with the rows given to the constructor) in timeline order."""
+        return np.asarray(values)[self.order]
+
+    def position(self, q_codes: np.ndarray, q_ms: np.ndarray) -> np.ndarray:
+        """Index of the first event of the query's customer at or after its time."""
+        return np.searchsorted(self.keys, self.clock.key(q_codes, q_ms), side="left")
+
+    def block_start(self, q_codes: np.ndarray) -> np.ndarray:
+        """Index of the query customer's first event."""
+        return np.searchsorted(self.keys, q_codes.astype(np.int64) * self.clock.span, side="left")
+
+    def count_in(self, q_codes: np.ndarray, q_ms: np.ndarray, days: int | None) -> np.ndarray:
+        """Events in ``[t - days, t)`` (all events before t when ``days`` is None)."""
+        end = self.position(q_codes, q_ms)
+        start = (
+            self.block_start(q_codes)
+            if days is None
+            else self.position(q_codes, q_ms - days * _MS_PER_DAY)
+        )
+        return (end - start).astype(np.int64)
+
+    def sum_in(
+        self, values: np.ndarray, q_codes: np.ndarray, q_ms: np.ndarray, days: int | None
+    ) -> np.ndarray:
+        """Sum of ``values`` over events in ``[t - days, t)``."""
+        prefix = np.concatenate([[0.0], np.cumsum(self.sorted(values), dtype=np.float64)])
+        end = self.position(q_codes, q_ms)
+        start = (
+            self.block_start(q_codes)
+            if days is None
+            else self.position(q_codes, q_ms - days * _MS_PER_DAY)
+        )
+        return prefix[end] - prefix[start]
+
+    def last_before(self, q_codes: np.ndarray, q_ms: np.ndarray) -> np.ndarray:
+        """Timeline index of the customer's last event before t, or -1."""
+        pos = self.position(q_codes, q_ms)
+        found = pos > self.block_start(q_codes)
+        return np.where(found, pos - 1, -1)
+
+
+def _take(values: np.ndarray, idx: np.ndarray, fill: object) -> np.ndarray:
+    """``values[idx]`` with ``fill`` where idx is -1."""
+    dtype = object if values.dtype == object else np.result_type(values.dtype, np.asarray(fill))
+    out = np.full(len(idx), fill, dtype=dtype)
+    ok = idx >= 0
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def _timestamps(t_ms: np.ndarray, idx: np.ndarray) -> pd.Series:
+    """Event times picked by ``idx`` as tz-aware UTC timestamps (NaT where idx is -1)."""
+    ns = np.full(len(idx), np.iinfo(np.int64).min, dtype=np.int64)
+    ok = idx >= 0
+    ns[ok] = t_ms[idx[ok]] * _NS_PER_MS
+    return pd.Series(pd.to_datetime(ns, utc=True))
+
+
+def next_milestone(miles: np.ndarray) -> np.ndarray:
+    """The next lifetime-mile milestone strictly above ``miles`` (100k, then each million)."""
+    miles = np.asarray(miles, dtype=np.int64)
+    step = schema.MILESTONE_STEP
+    return np.where(
+        miles < schema.FIRST_MILESTONE, schema.FIRST_MILESTONE, (miles // step + 1) * step
+    )
+
+
+def milestone_reached(miles: np.ndarray) -> np.ndarray:
+    """The highest milestone at or below ``miles`` (0 when none)."""
+    miles = np.asarray(miles, dtype=np.int64)
+    step = schema.MILESTONE_STEP
+    return np.where(
+        miles >= step, (miles // step) * step, np.where(miles >= schema.FIRST_MILESTONE, 100_000, 0)
+    )
+
+
+def _codes(ids: pd.Series, index: pd.Index, table: str) -> np.ndarray:
+    codes = index.get_indexer(ids)
+    if (codes < 0).any():
+        unknown = pd.Series(ids)[codes < 0].head(3).tolist()
+        raise ValueError(f"{table}: customer_id not in customers, e.g. {unknown}")
+    return codes.astype(np.int64)
+
+
+def build_features(
+    raw: RawData,
+    points: pd.DataFrame,
+    *,
+    base_currency: str | None = None,
+    fx_rates: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Features as of each point, from records strictly before it.
+
+    Args:
+        raw: validated raw tables (``features.contract.load_raw``).
+        points: ``customer_id`` and ``event_timestamp`` (tz-aware UTC) per row; every customer
+            must be in ``raw.customers``.
+        base_currency: currency of the monetary features (default: the bookings' only one).
+        fx_rates: units of ``base_currency`` per unit of each other currency.
+
+    Returns:
+        A frame with ``customer_id``, ``event_timestamp`` and every column of
+        ``schema.STORED``, one row per point, in the points' order.
+    """
+    customers = raw.customers
+    if len(points) == 0:
+        empty = {name: pd.Series(dtype=_EMPTY_DTYPES[kind]) for name, kind in schema.STORED.items()}
+        return pd.DataFrame(
+            {
+                schema.ENTITY: pd.Series(dtype=object),
+                schema.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"),
+                **empty,
+            }
+        )
+    index = pd.Index(customers["customer_id"])
+    q_codes = _codes(points[schema.ENTITY], index, "points")
+    q_ms = _ms(points[schema.EVENT_TIMESTAMP])
+
+    flights = raw.flights
+    f_codes = _codes(flights["customer_id"], index, "flights")
+    f_delay = flights["delay_minutes"].to_numpy(np.int64)
+    f_cancel = flights["cancelled"].to_numpy(bool)
+    # A leg is "experienced" when it departs (late); a cancellation when it was due.
+    f_ms = _ms(flights["scheduled_at"]) + np.where(f_cancel, 0, f_delay) * 60_000
+
+    cases = raw.service_cases
+    c_codes = _codes(cases["customer_id"], index, "service_cases")
+    c_open_ms = _ms(cases["opened_at"])
+    c_closed = cases["closed_at"].notna().to_numpy()
+    c_close_ms = np.where(c_closed, _ms(cases["closed_at"].fillna(cases["opened_at"])), 0)
+
+    bookings, web, email = raw.bookings, raw.web_events, raw.email_events
+    b_codes = _codes(bookings["customer_id"], index, "bookings")
+    b_ms = _ms(bookings["booked_at"])
+    known_web = web["customer_id"].notna().to_numpy()
+    w_codes = _codes(web["customer_id"][known_web], index, "web_events")
+    w_ms = _ms(web["ts"][known_web])
+    w_type = web["event_type"].to_numpy(object)[known_web]
+    e_codes = _codes(email["customer_id"], index, "email_events")
+    e_ms = _ms(email["ts"])
+    e_type = email["event_type"].to_numpy(object)
+
+    all_ms = [q_ms, f_ms, c_open_ms, c_close_ms[c_closed], b_ms, w_ms, e_ms]
+    lo = min(int(a.min()) for a in all_ms if len(a)) - 366 * _MS_PER_DAY
+    hi = max(int(a.max()) for a in all_ms if len(a)) + 1
+    span = hi - lo + 1
+    if span * max(len(index), 1) >= _KEY_LIMIT:
+        raise ValueError(
+            f"{len(index)} customers over {span / _MS_PER_DAY:.0f} days exceed the key range; "
+            "build features in customer batches"
+        )
+    clock = _Clock(t0=lo, span=span)
+    out: dict[str, object] = {
+        schema.ENTITY: points[schema.ENTITY].to_numpy(object),
+        schema.EVENT_TIMESTAMP: pd.Series(pd.DatetimeIndex(points[schema.EVENT_TIMESTAMP])),
+    }
+
+    # Bookings: recency, frequency, monetary.
+    fare = bookings["fare"].to_numpy(np.float64) * _fx(
+        bookings["currency"], base_currency, fx_rates
+    )
+    booked = _Timeline(clock, b_codes, b_ms)
+    for w in schema.BOOKING_WINDOWS:
+        out[f"bookings_{w}d"] = booked.count_in(q_codes, q_ms, w)
+        out[f"revenue_{w}d"] = np.round(booked.sum_in(fare, q_codes, q_ms, w), 2)
+    out["last_booking_at"] = _timestamps(booked.t_ms, booked.last_before(q_codes, q_ms))
+
+    # Clickstream.
+    for kind, plural in (("search", "searches"), ("abandon", "abandons")):
+        sel = w_type == kind
+        line = _Timeline(clock, w_codes[sel], w_ms[sel])
+        for w in schema.WEB_WINDOWS:
+            out[f"{plural}_{w}d"] = line.count_in(q_codes, q_ms, w)
+
+    # Email engagement over the window; rates are NaN without sends.
+    ew = schema.EMAIL_WINDOW
+    counts = {
+        kind: _Timeline(clock, e_codes[e_type == kind], e_ms[e_type == kind]).count_in(
+            q_codes, q_ms, ew
+        )
+        for kind in ("sent", "open", "click")
+    }
+    sent = counts["sent"]
+    out[f"emails_sent_{ew}d"] = sent
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Opens inside the window can belong to sends just before it: cap the rate at 1.
+        out[f"email_open_rate_{ew}d"] = np.where(
+            sent > 0, np.minimum(counts["open"] / sent, 1.0), np.nan
+        )
+        out[f"email_click_rate_{ew}d"] = np.where(
+            sent > 0, np.minimum(counts["click"] / sent, 1.0), np.nan
+        )
+    unsub = e_type == "unsubscribe"
+    out["unsubscribed"] = (
+        _Timeline(clock, e_codes[unsub], e_ms[unsub]).count_in(q_codes, q_ms, None) > 0
+    )
+
+    # Loyalty miles and milestones.
+    prior = customers["prior_miles"].to_numpy(np.int64)
+    miles = flights["miles_earned"].to_numpy(np.int64)
+    earned = miles > 0
+    flown = _Timeline(clock, f_codes[earned], f_ms[earned])
+    flown_miles = flown.sorted(miles[earned])
+    lifetime = prior[q_codes] + flown.sum_in(miles[earned], q_codes, q_ms, None).astype(np.int64)
+    out["lifetime_miles"] = lifetime
+    out["miles_to_next_milestone"] = next_milestone(lifetime) - lifetime
+    # Lifetime miles before and after each flown leg, in timeline order (blocks are contiguous).
+    fl_codes = flown.keys // clock.span
+    cum = np.cumsum(flown_miles)
+    block_first = np.ones(len(fl_codes), dtype=bool)
+    block_first[1:] = fl_codes[1:] != fl_codes[:-1]
+    block_offset = np.maximum.accumulate(np.where(block_first, cum - flown_miles, 0))
+    after = prior[fl_codes] + cum - block_offset
+    before = after - flown_miles
+    crossed = after >= next_milestone(before)
+    crossings = _Timeline(clock, fl_codes[crossed], flown.t_ms[crossed])
+    last_cross = crossings.last_before(q_codes, q_ms)
+    out["last_milestone_at"] = _timestamps(crossings.t_ms, last_cross)
+    out["last_milestone_miles"] = _take(
+        crossings.sorted(milestone_reached(after[crossed])), last_cross, 0
+    ).astype(np.int64)
+
+    # Service cases: open count, the oldest open case, last sentiment.
+    opened = _Timeline(clock, c_codes, c_open_ms)
+    closed = _Timeline(clock, c_codes[c_closed], c_close_ms[c_closed])
+    out["open_case_count"] = opened.count_in(q_codes, q_ms, None) - closed.count_in(
+        q_codes, q_ms, None
+    )
+    oldest = _oldest_open(opened, c_closed, c_close_ms, q_codes, q_ms)
+    out["oldest_open_case_at"] = _timestamps(opened.t_ms, oldest)
+    out["oldest_open_case_id"] = _take(
+        opened.sorted(cases["case_id"].to_numpy(object)), oldest, None
+    )
+    last_case = opened.last_before(q_codes, q_ms)
+    out["last_case_sentiment"] = _take(
+        opened.sorted(cases["sentiment"].to_numpy(np.float64)), last_case, np.nan
+    ).astype(np.float64)
+
+    # Negative experiences: severe delay, cancellation, complaint.
+    severe = (f_delay >= schema.SEVERE_DELAY_MINUTES) & ~f_cancel
+    topic = cases["topic"].to_numpy(object)
+    sentiment = cases["sentiment"].to_numpy(np.float64)
+    complaint = np.isin(topic, list(schema.COMPLAINT_TOPICS)) | (np.nan_to_num(sentiment) < 0)
+    n_codes = np.concatenate([f_codes[severe], f_codes[f_cancel], c_codes[complaint]])
+    n_ms = np.concatenate([f_ms[severe], f_ms[f_cancel], c_open_ms[complaint]])
+    n_kind = np.array(
+        ["delay"] * int(severe.sum())
+        + ["cancellation"] * int(f_cancel.sum())
+        + ["complaint"] * int(complaint.sum()),
+        dtype=object,
+    )
+    n_delay = np.concatenate(
+        [f_delay[severe], np.zeros(int(f_cancel.sum() + complaint.sum()), np.int64)]
+    )
+    negatives = _Timeline(clock, n_codes, n_ms)
+    last_neg = negatives.last_before(q_codes, q_ms)
+    out["last_negative_at"] = _timestamps(negatives.t_ms, last_neg)
+    out["last_negative_kind"] = _take(negatives.sorted(n_kind), last_neg, None)
+    out["last_negative_delay_minutes"] = _take(negatives.sorted(n_delay), last_neg, 0).astype(
+        np.int64
+    )
+    legs = _Timeline(clock, f_codes, f_ms)
+    out[f"worst_delay_{schema.DELAY_WINDOW}d"] = _window_max(
+        legs, np.where(f_cancel, 0, f_delay), q_codes, q_ms, schema.DELAY_WINDOW
+    )
+
+    # Compensation: when the case closed, or when it was opened for a case still open.
+    comp = cases["compensated"].to_numpy(bool)
+    comp_ms = np.where(c_closed, c_close_ms, c_open_ms)
+    compensations = _Timeline(clock, c_codes[comp], comp_ms[comp])
+    out["last_compensated_at"] = _timestamps(
+        compensations.t_ms, compensations.last_before(q_codes, q_ms)
+    )
+
+    out["created_at"] = pd.Series(
+        pd.DatetimeIndex(customers["created_at"]).take(q_codes), dtype="datetime64[ns, UTC]"
+    )
+    out["marketing_opt_in"] = customers["marketing_opt_in"].to_numpy(bool)[q_codes]
+
+    frame = pd.DataFrame(out)
+    return frame[[schema.ENTITY, schema.EVENT_TIMESTAMP, *schema.STORED]]
+
+
+def _oldest_open(
+    opened: _Timeline,
+    c_closed: np.ndarray,
+    c_close_ms: np.ndarray,
+    q_codes: np.ndarray,
+    q_ms: np.ndarray,
+) -> np.ndarray:
+    """Timeline index of the earliest case opened before t and not closed before t, or -1."""
+    is_closed = opened.sorted(c_closed)
+    close_ms = opened.sorted(c_close_ms)
+    cur = opened.block_start(q_codes)
+    end = opened.position(q_codes, q_ms)
+    result = np.full(len(q_codes), -1, dtype=np.int64)
+    active = np.flatnonzero(cur < end)
+    # Walk each customer's cases in opening order; customers have few cases, so this loop runs
+    # at most (largest number of cases of one customer) times, each step vectorized.
+    while len(active):
+        i = cur[active]
+        still_open = ~is_closed[i] | (close_ms[i] >= q_ms[active])
+        result[active[still_open]] = i[still_open]
+        nxt = active[~still_open]
+        cur[nxt] += 1
+        active = nxt[cur[nxt] < end[nxt]]
+    return result
+
+
+def _window_max(
+    line: _Timeline, values: np.ndarray, q_codes: np.ndarray, q_ms: np.ndarray, days: int
+) -> np.ndarray:
+    """Max of ``values`` over the customer's events in ``[t - days, t)`` (0 when none)."""
+    vals = line.sorted(values)
+    start = line.position(q_codes, q_ms - days * _MS_PER_DAY)
+    end = line.position(q_codes, q_ms)
+    best = np.zeros(len(q_codes), dtype=np.int64)
+    cur = start.copy()
+    active = np.flatnonzero(cur < end)
+    # Few legs per customer per window: the loop runs (most legs in one window) times.
+    while len(active):
+        np.maximum.at(best, active, vals[cur[active]])
+        cur[active] += 1
+        active = active[cur[active] < end[active]]
+    return best
+
+
+def _fx(
+    currency: pd.Series, base_currency: str | None, fx_rates: Mapping[str, float] | None
+) -> np.ndarray:
+    """Multiplier from each booking's currency to the base currency.
+
+    With no ``base_currency`` the data's only currency is the base; several currencies then need
+    ``fx_rates`` (units of base per unit of currency), and a currency without a rate is an error
+    rather than a silently wrong monetary feature.
+    """
+    codes = pd.unique(currency)
+    if base_currency is None:
+        if len(codes) > 1 and not fx_rates:
+            raise ValueError(
+                f"bookings hold several currencies ({', '.join(sorted(codes))}): set a base "
+                "currency and fx rates (NBA_BASE_CURRENCY, NBA_FX_RATES)"
+            )
+        base_currency = codes[0] if len(codes) else "USD"
+    rates = {base_currency: 1.0, **(fx_rates or {})}
+    missing = sorted(set(codes) - set(rates))
+    if missing:
+        raise ValueError(
+            f"bookings: no exchange rate from {', '.join(missing)} to {base_currency} "
+            "(set NBA_FX_RATES, e.g. '{\"EUR\": 1.08}')"
+        )
+    return currency.map(rates).to_numpy(np.float64)
+
+
+def feature_points(raw: RawData, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The points of the offline feature table: each logged decision, and every customer at
+    ``as_of`` (the snapshot that is materialized to the online store).
+
+    Decision points let Feast's point-in-time join hand training the exact features as of each
+    decision; the snapshot serves live requests.
+    """
+    as_of = pd.Timestamp(as_of)
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC)")
+    decisions = raw.actions[["customer_id", "decided_at"]].rename(
+        columns={"decided_at": schema.EVENT_TIMESTAMP}
+    )
+    decisions = decisions[decisions[schema.EVENT_TIMESTAMP] <= as_of]
+    snapshot = pd.DataFrame(
+        {
+            schema.ENTITY: raw.customers["customer_id"].to_numpy(object),
+            schema.EVENT_TIMESTAMP: pd.Series(
+                [as_of.tz_convert("UTC")] * len(raw.customers), dtype="datetime64[ns, UTC]"
+            ),
+        }
+    )
+    points = pd.concat([decisions, snapshot], ignore_index=True)
+    points[schema.EVENT_TIMESTAMP] = points[schema.EVENT_TIMESTAMP].astype("datetime64[ns, UTC]")
+    return points.drop_duplicates([schema.ENTITY, schema.EVENT_TIMESTAMP], ignore_index=True)
+
+
+def build_feature_table(
+    raw: RawData,
+    as_of: pd.Timestamp,
+    *,
+    base_currency: str | None = None,
+    fx_rates: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """The offline feature table for Feast: features at every logged decision and at ``as_of``.
+
+    Rows are sorted by customer and time, one per (customer, event_timestamp).
+    """
+    table = build_features(
+        raw, feature_points(raw, as_of), base_currency=base_currency, fx_rates=fx_rates
+    )
+    return table.sort_values([schema.ENTITY, schema.EVENT_TIMESTAMP], ignore_index=True)

@@ -1,0 +1,788 @@
+"""A simulated travel brand: customers, trips, disruptions, complaints, clicks, emails, and a
+decision log whose outcomes follow a known causal model (``docs/simulator.md``).
+
+Everything is vectorized numpy so that 100k customers (~10M raw events) take seconds, and
+everything is drawn from one seeded generator so that a seed gives the same world. The world's
+window ends at ``config.end`` (the CLI passes the current time, so the live service sees current
+states).
+
+Decisions are taken by two logged policies: a randomized one (uniform over the allowed actions,
+the unbiased data uplift models learn from) and a rule policy (``rules-v1``, epsilon-greedy).
+Their outcomes are drawn from probabilities that depend on the customer's latent traits and on
+their point-in-time features, computed with the very same ``features.build.build_features`` the
+pipeline uses. The true probabilities of every action are written to the ``truth`` table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_features
+from features.contract import ACTIONS, RawData, validate
+from features.derive import derive_columns
+
+DAY_NS = 86_400 * 10**9
+HOUR_NS = 3_600 * 10**9
+MIN_NS = 60 * 10**9
+
+#: Airports with (latitude, longitude): routes and their distances come from these.
+AIRPORTS: dict[str, tuple[float, float]] = {
+    "JFK": (40.64, -73.78), "LAX": (33.94, -118.41), "ORD": (41.98, -87.90),
+    "ATL": (33.64, -84.43), "DFW": (32.90, -97.04), "SFO": (37.62, -122.38),
+    "MIA": (25.79, -80.29), "SEA": (47.45, -122.31), "BOS": (42.37, -71.01),
+    "DEN": (39.86, -104.67), "LHR": (51.47, -0.45), "CDG": (49.01, 2.55),
+    "FRA": (50.03, 8.56), "AMS": (52.31, 4.76), "MAD": (40.47, -3.56),
+    "FCO": (41.80, 12.25), "DXB": (25.25, 55.36), "NRT": (35.77, 140.39),
+    "SIN": (1.36, 103.99), "HKG": (22.31, 113.91), "SYD": (-33.94, 151.18),
+    "GRU": (-23.43, -46.47), "MEX": (19.44, -99.07), "YYZ": (43.68, -79.63),
+}  # fmt: skip
+CABINS = np.array(["economy", "premium", "business", "first"], dtype=object)
+CABIN_FARE = np.array([1.0, 1.6, 3.5, 6.0])
+CABIN_MILES = np.array([1.0, 1.25, 1.5, 2.0])
+CASE_CHANNELS = np.array(["email", "phone", "chat", "social"], dtype=object)
+BACKGROUND_TOPICS = np.array(["baggage", "refund", "seat", "service", "other"], dtype=object)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Size and behaviour of the simulated world."""
+
+    end: pd.Timestamp
+    customers: int = 10_000
+    days: int = 365
+    seed: int = 0
+    #: Share of decisions taken by the randomized policy (the rest by ``rules-v1``).
+    random_share: float = 0.8
+    #: Background decisions per customer and year (more follow disruptions and milestones).
+    decisions_per_year: float = 4.0
+    #: Share of web sessions by anonymous visitors.
+    anonymous_share: float = 0.2
+    #: Days after a decision over which its outcome is observed (the contract's 30).
+    outcome_days: int = 30
+
+    def __post_init__(self) -> None:
+        if self.customers < 1:
+            raise ValueError("customers must be at least 1")
+        if self.days <= self.outcome_days:
+            raise ValueError(f"days must exceed the {self.outcome_days}-day outcome window")
+        if pd.Timestamp(self.end).tzinfo is None:
+            raise ValueError("end must be timezone-aware")
+
+
+@dataclass
+class _Customers:
+    ids: np.ndarray
+    price_sensitivity: np.ndarray
+    trips_per_year: np.ndarray
+    engagement: np.ndarray
+    typical_fare: np.ndarray
+    created_ns: np.ndarray
+    active_from_ns: np.ndarray
+    home: np.ndarray
+    opt_in: np.ndarray
+    prior_miles: np.ndarray
+
+
+def _ids(prefix: str, n: int, start: int = 0) -> np.ndarray:
+    return np.array([f"{prefix}{i:07d}" for i in range(start, start + n)], dtype=object)
+
+
+def _utc(ns: np.ndarray) -> pd.Series:
+    """Nanoseconds as UTC timestamps, floored to whole seconds as a brand's logs would be."""
+    ns = np.asarray(ns, dtype=np.int64)
+    whole = np.where(ns == np.iinfo(np.int64).min, ns, ns - ns % 10**9)
+    return pd.Series(pd.to_datetime(whole, utc=True))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _uniform_between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return lo + (rng.random(len(lo)) * np.maximum(hi - lo, 0)).astype(np.int64)
+
+
+def _distance_miles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lat = {k: np.radians(v[0]) for k, v in AIRPORTS.items()}
+    lon = {k: np.radians(v[1]) for k, v in AIRPORTS.items()}
+    la1, la2 = np.vectorize(lat.get)(a), np.vectorize(lat.get)(b)
+    lo1, lo2 = np.vectorize(lon.get)(a), np.vectorize(lon.get)(b)
+    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
+    return 3958.8 * 2 * np.arcsin(np.sqrt(h))
+
+
+def _routes(rng: np.random.Generator, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.array(list(AIRPORTS), dtype=object)
+    origin = np.where(pd.isna(home), codes[rng.integers(0, len(codes), len(home))], home)
+    dest = codes[rng.integers(0, len(codes), len(home))]
+    same = dest == origin
+    while same.any():
+        dest[same] = codes[rng.integers(0, len(codes), int(same.sum()))]
+        same = dest == origin
+    return origin.astype(object), dest
+
+
+def _customers(cfg: SimulationConfig, rng: np.random.Generator, start_ns: int) -> _Customers:
+    n, end_ns = cfg.customers, pd.Timestamp(cfg.end).value
+    ps = rng.beta(2.0, 2.5, n)
+    trips = np.clip(rng.lognormal(1.0, 0.9, n), 0.2, 150.0)
+    tenure_years = rng.exponential(4.0, n)
+    created = end_ns - (tenure_years * 365 * DAY_NS).astype(np.int64) - DAY_NS
+    codes = np.array(list(AIRPORTS), dtype=object)
+    home = codes[rng.integers(0, len(codes), n)].astype(object)
+    home[rng.random(n) < 0.03] = None
+    years_before = np.maximum(start_ns - created, 0) / (365 * DAY_NS)
+    prior = trips * years_before * 2 * 2_600 * rng.lognormal(0.0, 0.3, n)
+    return _Customers(
+        ids=_ids("C", n),
+        price_sensitivity=ps,
+        trips_per_year=trips,
+        engagement=rng.beta(1.5, 6.0, n),
+        typical_fare=420.0 * (1.0 - 0.35 * ps) * rng.lognormal(0.0, 0.35, n),
+        created_ns=created,
+        active_from_ns=np.maximum(created, start_ns),
+        home=home,
+        opt_in=rng.random(n) < 0.85,
+        prior_miles=prior.astype(np.int64),
+    )
+
+
+def _repeat_poisson(rng: np.random.Generator, rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a count per row and return (row index per event, 0-based rank within its row)."""
+    counts = rng.poisson(np.maximum(rate, 0))
+    owner = np.repeat(np.arange(len(rate)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, np.arange(len(owner)) - first
+
+
+def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None) -> RawData:
+    """Draw a world in the raw data contract (including ``truth``), validated.
+
+    Args:
+        cfg: size, seed and window end of the world.
+        on_step: called with a short label as each stage starts (for progress display).
+    """
+    step = on_step or (lambda _label: None)
+    rng = np.random.default_rng(cfg.seed)
+    end_ns = pd.Timestamp(cfg.end).tz_convert("UTC").floor("s").value
+    start_ns = end_ns - cfg.days * DAY_NS
+
+    step("customers")
+    cust = _customers(cfg, rng, start_ns)
+    active_years = (end_ns - cust.active_from_ns) / (365 * DAY_NS)
+
+    step("bookings and flights")
+    bookings, flights = _trips(rng, cust, active_years, end_ns)
+
+    step("service cases")
+    cases = _cases(rng, cust, flights, active_years, end_ns)
+
+    step("clickstream")
+    web = _web(cfg, rng, cust, active_years, flights, end_ns)
+
+    step("email")
+    email = _email(rng, cust, start_ns, end_ns)
+
+    customers = pd.DataFrame(
+        {
+            "customer_id": cust.ids,
+            "created_at": _utc(cust.created_ns),
+            "home_airport": cust.home,
+            "marketing_opt_in": cust.opt_in,
+            "prior_miles": cust.prior_miles,
+        }
+    )
+    world = RawData(
+        customers=customers,
+        bookings=bookings,
+        flights=flights,
+        service_cases=cases,
+        web_events=web,
+        email_events=email,
+        actions=_empty_actions(),
+        outcomes=_empty_outcomes(),
+    )
+
+    step("decisions and outcomes")
+    world = _decide(cfg, rng, cust, world, start_ns, end_ns)
+
+    step("validating")
+    validate(world, source="simulator")
+    return world
+
+
+def _trips(
+    rng: np.random.Generator, cust: _Customers, active_years: np.ndarray, end_ns: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    owner, _ = _repeat_poisson(rng, cust.trips_per_year * active_years)
+    nb = len(owner)
+    booked = _uniform_between(rng, cust.active_from_ns[owner], np.full(nb, end_ns))
+    departs = booked + (rng.gamma(2.0, 15.0, nb) * DAY_NS).astype(np.int64) + 2 * HOUR_NS
+    origin, dest = _routes(rng, cust.home[owner])
+    distance = _distance_miles(origin, dest)
+    ps = cust.price_sensitivity[owner]
+    premium_p = 0.35 * (1 - ps) ** 2
+    cabin_idx = np.where(
+        rng.random(nb) < premium_p, rng.choice([1, 2, 3], nb, p=[0.5, 0.4, 0.1]), 0
+    )
+    fare = (
+        cust.typical_fare[owner]
+        * (0.45 + distance / 3_000)
+        * CABIN_FARE[cabin_idx]
+        * rng.lognormal(-0.045, 0.3, nb)
+    )
+    status = rng.choice(
+        np.array(["confirmed", "cancelled_by_customer", "cancelled_by_carrier"], dtype=object),
+        nb,
+        p=[0.925, 0.05, 0.025],
+    )
+    booking_ids = _ids("B", nb)
+    bookings = pd.DataFrame(
+        {
+            "booking_id": booking_ids,
+            "customer_id": cust.ids[owner],
+            "booked_at": _utc(booked),
+            "departs_at": _utc(departs),
+            "origin": origin,
+            "destination": dest,
+            "fare": np.round(fare, 2),
+            "currency": np.full(nb, "USD", dtype=object),
+            "cabin": CABINS[cabin_idx],
+            "channel": rng.choice(
+                np.array(["web", "app", "agent", "call_center"], dtype=object),
+                nb,
+                p=[0.55, 0.25, 0.1, 0.1],
+            ),
+            "status": status,
+        }
+    )
+
+    # Legs: outbound, and a return for most trips; only legs already due are in the table.
+    travelled = status != "cancelled_by_customer"
+    has_return = rng.random(nb) < 0.8
+    back = departs + ((1 + rng.poisson(5, nb)) * DAY_NS)
+    leg_b = np.concatenate([np.flatnonzero(travelled), np.flatnonzero(travelled & has_return)])
+    leg_t = np.concatenate([departs[travelled], back[travelled & has_return]])
+    due = leg_t <= end_ns - 2 * HOUR_NS
+    leg_b, leg_t = leg_b[due], leg_t[due]
+    nl = len(leg_b)
+    cancelled = (status[leg_b] == "cancelled_by_carrier") | (rng.random(nl) < 0.015)
+    # Delays: most legs near on time, a heavy log-normal tail (~2.5% of legs >= 120 min).
+    late = rng.random(nl) < 0.35
+    delay = np.where(
+        late,
+        np.minimum(rng.lognormal(3.3, 1.0, nl), 1_440),
+        rng.integers(0, 15, nl),
+    ).astype(np.int64)
+    delay[cancelled] = 0
+    miles = (distance[leg_b] * CABIN_MILES[cabin_idx[leg_b]]).astype(np.int64)
+    miles[cancelled] = 0
+    order = np.lexsort((leg_t, owner[leg_b]))
+    flights = (
+        pd.DataFrame(
+            {
+                "booking_id": booking_ids[leg_b],
+                "customer_id": cust.ids[owner[leg_b]],
+                "scheduled_at": _utc(leg_t),
+                "delay_minutes": delay,
+                "cancelled": cancelled,
+                "miles_earned": miles,
+            }
+        )
+        .iloc[order]
+        .reset_index(drop=True)
+    )
+    return bookings, flights
+
+
+def _cases(
+    rng: np.random.Generator,
+    cust: _Customers,
+    flights: pd.DataFrame,
+    active_years: np.ndarray,
+    end_ns: int,
+) -> pd.DataFrame:
+    index = pd.Index(cust.ids)
+    f_owner = index.get_indexer(flights["customer_id"])
+    f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)
+    delay = flights["delay_minutes"].to_numpy()
+    cancelled = flights["cancelled"].to_numpy()
+    experienced = f_ns + delay * MIN_NS
+    severe = (delay >= 120) & ~cancelled
+    triggered = (severe & (rng.random(len(delay)) < 0.4)) | (
+        cancelled & (rng.random(len(delay)) < 0.55)
+    )
+    d_owner = f_owner[triggered]
+    d_open = experienced[triggered] + (rng.exponential(1.5, len(d_owner)) * DAY_NS).astype(np.int64)
+    d_topic = np.where(cancelled[triggered], "cancellation", "delay").astype(object)
+    d_sent = np.clip(rng.normal(-0.6, 0.25, len(d_owner)), -1, 1)
+
+    b_owner, _ = _repeat_poisson(rng, 0.25 * active_years)
+    b_open = _uniform_between(rng, cust.active_from_ns[b_owner], np.full(len(b_owner), end_ns))
+    b_topic = rng.choice(BACKGROUND_TOPICS, len(b_owner), p=[0.3, 0.25, 0.2, 0.15, 0.1])
+    b_sent = np.clip(rng.normal(-0.1, 0.4, len(b_owner)), -1, 1)
+
+    owner = np.concatenate([d_owner, b_owner])
+    opened = np.concatenate([d_open, b_open])
+    topic = np.concatenate([d_topic, b_topic])
+    sentiment = np.round(np.concatenate([d_sent, b_sent]), 3)
+    disruption = np.r_[np.ones(len(d_owner), bool), np.zeros(len(b_owner), bool)]
+    keep = opened < end_ns
+    owner, opened, topic, sentiment, disruption = (
+        a[keep] for a in (owner, opened, topic, sentiment, disruption)
+    )
+    nc = len(owner)
+    closed = opened + (rng.lognormal(1.3, 0.9, nc) * DAY_NS).astype(np.int64)
+    still_open = closed >= end_ns
+    sentiment[rng.random(nc) < 0.1] = np.nan
+    comp_p = np.where(disruption, 0.5, np.where(np.isin(topic, ["baggage", "refund"]), 0.2, 0.03))
+    # Compensation is granted when a case is resolved, so an open case is not yet compensated.
+    compensated = (rng.random(nc) < comp_p) & ~still_open
+    order = np.lexsort((opened, owner))
+    frame = pd.DataFrame(
+        {
+            "case_id": _ids("K", nc),
+            "customer_id": cust.ids[owner],
+            "opened_at": _utc(opened),
+            "closed_at": _utc(np.where(still_open, np.iinfo(np.int64).min, closed)),
+            "channel": rng.choice(CASE_CHANNELS, nc, p=[0.35, 0.35, 0.2, 0.1]),
+            "topic": topic,
+            "sentiment": sentiment,
+            "compensated": compensated,
+        }
+    )
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _web(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    cust: _Customers,
+    active_years: np.ndarray,
+    flights: pd.DataFrame,
+    end_ns: int,
+) -> pd.DataFrame:
+    ps = cust.price_sensitivity
+    owner, _ = _repeat_poisson(rng, cust.trips_per_year * (1.5 + 4.0 * ps) * active_years)
+    start = _uniform_between(rng, cust.active_from_ns[owner], np.full(len(owner), end_ns))
+    # Travellers come back to the site after a disruption (rebooking, checking status).
+    f_owner = pd.Index(cust.ids).get_indexer(flights["customer_id"])
+    bad = (flights["delay_minutes"].to_numpy() >= 120) | flights["cancelled"].to_numpy()
+    bad &= rng.random(len(bad)) < 0.6
+    f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)[bad]
+    revisit = f_ns + (rng.exponential(3.0, int(bad.sum())) * DAY_NS).astype(np.int64)
+    owner = np.concatenate([owner, f_owner[bad]])
+    start = np.concatenate([start, revisit])
+    known = start < end_ns - HOUR_NS
+    owner, start = owner[known], start[known]
+    n_known = len(owner)
+    n_anon = int(n_known * cfg.anonymous_share / (1 - cfg.anonymous_share))
+    anon_start = _uniform_between(
+        rng, np.full(n_anon, end_ns - cfg.days * DAY_NS), np.full(n_anon, end_ns - HOUR_NS)
+    )
+    s_ps = np.concatenate([ps[owner], rng.beta(2.0, 2.5, n_anon)])
+    s_start = np.concatenate([start, anon_start])
+    s_cust = np.concatenate([cust.ids[owner], np.full(n_anon, None, dtype=object)])
+    s_home = np.concatenate([cust.home[owner], np.full(n_anon, None, dtype=object)])
+    ns = len(s_start)
+
+    n_search = 1 + rng.poisson(1.0 + 2.0 * s_ps)
+    view = rng.random(ns) < 0.7
+    checkout = rng.random(ns) < 0.3
+    abandon = checkout & (rng.random(ns) < 0.45 + 0.4 * s_ps)
+    booking = checkout & ~abandon
+    per_session = n_search + view + checkout + abandon + booking
+    session = np.repeat(np.arange(ns), per_session)
+    rank = np.arange(len(session)) - np.repeat(np.cumsum(per_session) - per_session, per_session)
+    # Event order in a session: searches, view, checkout_start, then abandon or booking.
+    ns_s, v_s = n_search[session], view[session]
+    kind = np.where(
+        rank < ns_s,
+        "search",
+        np.where(
+            (rank == ns_s) & v_s,
+            "view",
+            np.where(
+                rank == ns_s + v_s,
+                "checkout_start",
+                np.where(abandon[session], "abandon", "booking"),
+            ),
+        ),
+    ).astype(object)
+    origin, dest = _routes(rng, s_home)
+    is_search = kind == "search"
+    ts = s_start[session] + rank * (20 + rng.integers(0, 60, len(session))) * 10**9
+    frame = pd.DataFrame(
+        {
+            "event_id": _ids("W", len(session)),
+            "customer_id": s_cust[session],
+            "session_id": _ids("S", ns)[session],
+            "ts": _utc(ts),
+            "event_type": kind,
+            "origin": np.where(is_search, origin[session], None),
+            "destination": np.where(is_search, dest[session], None),
+        }
+    )
+    return frame
+
+
+def _email(rng: np.random.Generator, cust: _Customers, start_ns: int, end_ns: int) -> pd.DataFrame:
+    weeks = np.arange(start_ns + 10 * HOUR_NS, end_ns - DAY_NS, 7 * DAY_NS)
+    first_week = np.searchsorted(weeks, cust.created_ns)
+    eligible = np.where(cust.opt_in, len(weeks) - first_week, 0)
+    # Each send carries a small risk of unsubscribing; less engaged readers leave sooner.
+    hazard = 0.0008 + 0.003 * (1 - cust.engagement)
+    unsub_after = rng.geometric(hazard)
+    n_sends = np.minimum(eligible, unsub_after)
+    unsubscribes = n_sends < eligible
+    owner = np.repeat(np.arange(len(n_sends)), n_sends)
+    week = first_week[owner] + (
+        np.arange(len(owner)) - np.repeat(np.cumsum(n_sends) - n_sends, n_sends)
+    )
+    send_ns = weeks[week] + rng.integers(0, 3_600, len(owner)) * 10**9
+    opened = rng.random(len(owner)) < cust.engagement[owner]
+    open_ns = send_ns + (rng.exponential(8.0, len(owner)) * HOUR_NS).astype(np.int64)
+    clicked = opened & (rng.random(len(owner)) < 0.15 + 0.2 * cust.price_sensitivity[owner])
+    click_ns = open_ns + rng.integers(5, 600, len(owner)) * 10**9
+    last_send = np.cumsum(n_sends) - 1
+    u_idx = last_send[unsubscribes & (n_sends > 0)]
+    unsub_ns = send_ns[u_idx] + (rng.exponential(1.0, len(u_idx)) * DAY_NS).astype(np.int64)
+    campaign = np.array([f"CMP{i:03d}" for i in range(len(weeks))], dtype=object)
+    parts = [
+        (owner, send_ns, "sent", week),
+        (owner[opened], open_ns[opened], "open", week[opened]),
+        (owner[clicked], click_ns[clicked], "click", week[clicked]),
+        (owner[u_idx], unsub_ns, "unsubscribe", week[u_idx]),
+    ]
+    e_owner = np.concatenate([p[0] for p in parts])
+    e_ts = np.concatenate([p[1] for p in parts])
+    e_kind = np.concatenate([np.full(len(p[0]), p[2], dtype=object) for p in parts])
+    e_week = np.concatenate([p[3] for p in parts])
+    keep = e_ts < end_ns
+    order = np.lexsort((e_ts[keep], e_owner[keep]))
+    return pd.DataFrame(
+        {
+            "customer_id": cust.ids[e_owner[keep]][order],
+            "ts": _utc(e_ts[keep][order]),
+            "campaign_id": campaign[e_week[keep]][order],
+            "event_type": e_kind[keep][order],
+        }
+    )
+
+
+def _empty_actions() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "decision_id": pd.Series([], dtype=object),
+            "customer_id": pd.Series([], dtype=object),
+            "decided_at": pd.Series([], dtype="datetime64[ns, UTC]"),
+            "action": pd.Series([], dtype=object),
+            "policy": pd.Series([], dtype=object),
+            "propensity": pd.Series([], dtype=np.float64),
+            "channel": pd.Series([], dtype=object),
+        }
+    )
+
+
+def _empty_outcomes() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "decision_id": pd.Series([], dtype=object),
+            "converted": pd.Series([], dtype=bool),
+            "revenue": pd.Series([], dtype=np.float64),
+            "unsubscribed": pd.Series([], dtype=bool),
+        }
+    )
+
+
+def _decision_times(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    cust: _Customers,
+    world: RawData,
+    start_ns: int,
+    end_ns: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer index, time, channel) of every decision, before the outcome horizon."""
+    horizon = end_ns - cfg.outcome_days * DAY_NS
+    years = np.maximum(horizon - cust.active_from_ns, 0) / (365 * DAY_NS)
+    owner, _ = _repeat_poisson(rng, cfg.decisions_per_year * years)
+    t = _uniform_between(rng, cust.active_from_ns[owner], np.full(len(owner), horizon))
+    channel = rng.choice(np.array(["web", "app", "email"], dtype=object), len(owner),
+                         p=[0.45, 0.2, 0.35])  # fmt: skip
+
+    # Visits after a disruption ("comes back a week later") and after a milestone crossing
+    # (checking the new status): the moments where apology and recognition matter.
+    index = pd.Index(cust.ids)
+    flights = world.flights
+    f_owner = index.get_indexer(flights["customer_id"])
+    f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)
+    bad = (flights["delay_minutes"].to_numpy() >= 120) | flights["cancelled"].to_numpy()
+    bad &= rng.random(len(bad)) < 0.7
+    extra_owner = [f_owner[bad]]
+    extra_t = [f_ns[bad] + (rng.exponential(6.0, int(bad.sum())) * DAY_NS).astype(np.int64)]
+    miles = flights["miles_earned"].to_numpy(np.int64)
+    cum = flights.assign(m=miles).groupby("customer_id", sort=False)["m"].cumsum().to_numpy()
+    total = cust.prior_miles[f_owner] + cum
+    before = total - miles
+    crossed = ((before < 100_000) & (total >= 100_000)) | (total // 1_000_000 > before // 1_000_000)
+    crossed &= rng.random(len(crossed)) < 0.8
+    extra_owner.append(f_owner[crossed])
+    extra_t.append(
+        f_ns[crossed] + (rng.exponential(4.0, int(crossed.sum())) * DAY_NS).astype(np.int64)
+    )
+    e_owner = np.concatenate(extra_owner)
+    e_t = np.concatenate(extra_t)
+    owner = np.concatenate([owner, e_owner])
+    t = np.concatenate([t, e_t])
+    channel = np.concatenate([channel, np.full(len(e_owner), "web", dtype=object)])
+    keep = (t < horizon) & (t >= start_ns)
+    order = np.lexsort((t[keep], owner[keep]))
+    return owner[keep][order], t[keep][order], channel[keep][order]
+
+
+def _decide(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    cust: _Customers,
+    world: RawData,
+    start_ns: int,
+    end_ns: int,
+) -> RawData:
+    owner, t_ns, channel = _decision_times(cfg, rng, cust, world, start_ns, end_ns)
+    nd = len(owner)
+    decided = _utc(t_ns)
+    points = pd.DataFrame({"customer_id": cust.ids[owner], "event_timestamp": decided})
+    feats = build_features(world, points)
+    derived = derive_columns({c: feats[c] for c in feats.columns}, decided.to_numpy())
+    truth = causal_model(cust_traits(cust, owner), feats, derived)
+
+    # Logged policies. Promos never go to customers who opted out or unsubscribed (the contract).
+    promo_ok = feats["marketing_opt_in"].to_numpy() & ~feats["unsubscribed"].to_numpy()
+    allowed = np.column_stack([promo_ok, np.ones((nd, 3), bool)])  # order of ACTIONS
+    n_allowed = allowed.sum(axis=1)
+    is_random = rng.random(nd) < cfg.random_share
+    action_idx = np.empty(nd, dtype=np.int64)
+    propensity = np.empty(nd, dtype=np.float64)
+
+    # Random policy: uniform over the allowed actions.
+    u = rng.random(nd)
+    cum = np.cumsum(allowed, axis=1) / n_allowed[:, None]
+    rand_choice = (u[:, None] < cum).argmax(axis=1)
+    action_idx[is_random] = rand_choice[is_random]
+    propensity[is_random] = 1.0 / n_allowed[is_random]
+
+    # rules-v1: apology after a recent uncompensated disruption, recognition after a milestone,
+    # promo to recent abandoners, else nothing; epsilon-greedy (85%) over the allowed actions.
+    days_neg = np.nan_to_num(derived["days_since_last_negative"], nan=1e9)
+    days_mile = np.nan_to_num(derived["days_since_last_milestone"], nan=1e9)
+    abandons = feats["abandons_30d"].to_numpy()
+    preferred = np.select(
+        [
+            (days_neg <= 14) & ~derived["compensated_since_last_negative"],
+            days_mile <= 30,
+            (abandons > 0) & promo_ok,
+        ],
+        [ACTIONS.index("apology_credit"), ACTIONS.index("recognition"), ACTIONS.index("promo")],
+        default=ACTIONS.index("none"),
+    )
+    explore = rng.random(nd) < 0.15
+    others = allowed.copy()
+    others[np.arange(nd), preferred] = False
+    o_cum = np.cumsum(others, axis=1) / np.maximum(others.sum(axis=1), 1)[:, None]
+    other_choice = (rng.random(nd)[:, None] < o_cum).argmax(axis=1)
+    rule_choice = np.where(explore, other_choice, preferred)
+    rule_prop = np.where(explore, 0.15 / np.maximum(n_allowed - 1, 1), 0.85)
+    action_idx[~is_random] = rule_choice[~is_random]
+    propensity[~is_random] = rule_prop[~is_random]
+
+    actions_arr = np.array(ACTIONS, dtype=object)
+    chosen = actions_arr[action_idx]
+    rows = np.arange(nd)
+    p_conv = np.column_stack([truth[f"p_convert_{a}"] for a in ACTIONS])[rows, action_idx]
+    p_unsub = np.column_stack([truth[f"p_unsubscribe_{a}"] for a in ACTIONS])[rows, action_idx]
+    converted = rng.random(nd) < p_conv
+    fare = cust.typical_fare[owner] * rng.lognormal(-0.045, 0.3, nd)
+    revenue = np.where(converted, np.round(fare, 2), 0.0)
+    unsubscribed = rng.random(nd) < p_unsub
+
+    decision_ids = _ids("D", nd)
+    actions = pd.DataFrame(
+        {
+            "decision_id": decision_ids,
+            "customer_id": cust.ids[owner],
+            "decided_at": decided,
+            "action": chosen,
+            "policy": np.where(is_random, "random", "rules-v1").astype(object),
+            "propensity": propensity,
+            "channel": channel,
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "decision_id": decision_ids,
+            "converted": converted,
+            "revenue": revenue,
+            "unsubscribed": unsubscribed,
+        }
+    )
+    truth.insert(0, "decision_id", decision_ids)
+
+    # Make the rest of the world agree with the outcomes: a conversion is a booking within the
+    # outcome window, an unsubscribe is an email event (and ends later sends).
+    bookings = _conversion_bookings(rng, cust, owner, t_ns, converted, revenue, world.bookings)
+    email = _decision_unsubscribes(rng, cust, owner, t_ns, unsubscribed, world.email_events)
+    return RawData(
+        customers=world.customers,
+        bookings=bookings,
+        flights=world.flights,
+        service_cases=world.service_cases,
+        web_events=world.web_events,
+        email_events=email,
+        actions=actions,
+        outcomes=outcomes,
+        truth=truth,
+    )
+
+
+@dataclass(frozen=True)
+class Traits:
+    """Latent traits of the customers behind each decision (never written to the raw data)."""
+
+    price_sensitivity: np.ndarray
+    trips_per_year: np.ndarray
+    engagement: np.ndarray
+    typical_fare: np.ndarray
+
+
+def cust_traits(cust: _Customers, owner: np.ndarray) -> Traits:
+    """The latent traits of ``owner`` (customer indices)."""
+    return Traits(
+        price_sensitivity=cust.price_sensitivity[owner],
+        trips_per_year=cust.trips_per_year[owner],
+        engagement=cust.engagement[owner],
+        typical_fare=cust.typical_fare[owner],
+    )
+
+
+def causal_model(
+    traits: Traits, feats: pd.DataFrame, derived: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """True outcome probabilities and expected revenue of every action (``docs/simulator.md``).
+
+    Returns one row per decision with ``p_convert_<a>``, ``revenue_<a>`` and
+    ``p_unsubscribe_<a>`` for each action ``a``.
+    """
+    ps = traits.price_sensitivity
+    days_neg = np.nan_to_num(derived["days_since_last_negative"], nan=1e9)
+    days_mile = np.nan_to_num(derived["days_since_last_milestone"], nan=1e9)
+    tenure = np.nan_to_num(derived["tenure_days"], nan=0.0)
+    compensated = derived["compensated_since_last_negative"]
+    open_case = feats["open_case_count"].to_numpy() > 0
+    searches7 = feats["searches_7d"].to_numpy() > 0
+    browsing = (feats["abandons_30d"].to_numpy() > 0) | (feats["searches_30d"].to_numpy() >= 3)
+    recent_neg = days_neg <= 14
+    neg30 = days_neg <= 30
+    reachable = feats["marketing_opt_in"].to_numpy() & ~feats["unsubscribed"].to_numpy()
+
+    base = -3.0 + 0.55 * np.log(traits.trips_per_year) + 0.35 * searches7 + 0.3 * browsing
+    base -= 0.4 * open_case
+    hurting = open_case | recent_neg
+    effect = {
+        "none": np.zeros(len(ps)),
+        "promo": np.where(hurting, -0.9, 1.1 * ps * (0.5 + browsing) - 0.25),
+        "apology_credit": np.where(neg30, np.where(compensated, 0.4, 1.0), 0.0),
+        "recognition": np.where(
+            days_mile <= 14, 0.9, np.where(days_mile <= 60, 0.4, 0.15 * (tenure > 5 * 365))
+        ),
+    }
+    unsub_base = -5.2 + 1.2 * (1 - traits.engagement)
+    unsub_effect = {
+        "none": 0.0,
+        "promo": 0.7 + 1.6 * hurting,
+        "apology_credit": -0.3 * neg30,
+        "recognition": -0.2,
+    }
+    out: dict[str, np.ndarray] = {}
+    for a in ACTIONS:
+        p = _sigmoid(base + effect[a])
+        out[f"p_convert_{a}"] = p
+        out[f"revenue_{a}"] = p * traits.typical_fare
+        # Only a reachable customer can unsubscribe from marketing.
+        out[f"p_unsubscribe_{a}"] = np.where(reachable, _sigmoid(unsub_base + unsub_effect[a]), 0.0)
+    return pd.DataFrame(out)
+
+
+def _conversion_bookings(
+    rng: np.random.Generator,
+    cust: _Customers,
+    owner: np.ndarray,
+    t_ns: np.ndarray,
+    converted: np.ndarray,
+    revenue: np.ndarray,
+    bookings: pd.DataFrame,
+) -> pd.DataFrame:
+    """Bookings caused by converted decisions, within the outcome window.
+
+    Their legs are not flown in the simulation, so a decision never changes the disruptions,
+    cases or miles behind the effects of later decisions.
+    """
+    idx = np.flatnonzero(converted)
+    n = len(idx)
+    booked = t_ns[idx] + (rng.random(n) * 29 * DAY_NS).astype(np.int64)
+    origin, dest = _routes(rng, cust.home[owner[idx]])
+    extra = pd.DataFrame(
+        {
+            "booking_id": _ids("B", n, start=len(bookings)),
+            "customer_id": cust.ids[owner[idx]],
+            "booked_at": _utc(booked),
+            "departs_at": _utc(booked + (rng.gamma(2.0, 15.0, n) * DAY_NS).astype(np.int64)),
+            "origin": origin,
+            "destination": dest,
+            "fare": revenue[idx],
+            "currency": np.full(n, "USD", dtype=object),
+            "cabin": np.full(n, "economy", dtype=object),
+            "channel": np.full(n, "web", dtype=object),
+            "status": np.full(n, "confirmed", dtype=object),
+        }
+    )
+    return pd.concat([bookings, extra], ignore_index=True)
+
+
+def _decision_unsubscribes(
+    rng: np.random.Generator,
+    cust: _Customers,
+    owner: np.ndarray,
+    t_ns: np.ndarray,
+    unsubscribed: np.ndarray,
+    email: pd.DataFrame,
+) -> pd.DataFrame:
+    """Unsubscribe events caused by decisions; email activity after one is dropped."""
+    idx = np.flatnonzero(unsubscribed)
+    at = (
+        pd.DataFrame(
+            {
+                "customer_id": cust.ids[owner[idx]],
+                "cut": t_ns[idx] + (rng.random(len(idx)) * 29 * DAY_NS).astype(np.int64),
+            }
+        )
+        .groupby("customer_id")["cut"]
+        .min()
+    )
+    email_ns = email["ts"].to_numpy("datetime64[ns]").astype(np.int64)
+    pos = at.index.get_indexer(email["customer_id"])
+    cut = np.where(pos >= 0, at.to_numpy(np.int64)[np.maximum(pos, 0)], np.iinfo(np.int64).max)
+    keep = email_ns < cut
+    extra = pd.DataFrame(
+        {
+            "customer_id": at.index.to_numpy(object),
+            "ts": _utc(at.to_numpy(np.int64)),
+            "campaign_id": np.full(len(at), "NBA", dtype=object),
+            "event_type": np.full(len(at), "unsubscribe", dtype=object),
+        }
+    )
+    return pd.concat([email[keep], extra], ignore_index=True)

@@ -1,0 +1,180 @@
+"""The ``nba`` command line (``../shared/contracts/cli.md``).
+
+Each subcommand builds the settings, does its work with a progress display, and on bad input
+exits non-zero with one clear message and no traceback (``NBA_DEBUG=1`` shows the traceback).
+Heavy libraries are imported inside the commands so that ``nba --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import click
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nba.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="nba",
+    help="Next-best-action for travel brands: simulate, build features, train, serve, monitor.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """Bad input or a failed precondition: reported as one message, exit code 2."""
+
+
+@contextmanager
+def step(label: str) -> Iterator[None]:
+    """Show a spinner while a stage runs, then its duration."""
+    start = time.perf_counter()
+    with console.status(f"[bold]{label}[/]…", spinner="dots"):
+        yield
+    console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]")
+
+
+def _parse_time(value: str | None, option: str) -> pd.Timestamp:
+    """A tz-aware UTC timestamp from an ISO 8601 option, or now (floored to the second)."""
+    if value is None:
+        return pd.Timestamp.now(tz="UTC").floor("s")
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError as exc:
+        raise CliError(f"{option}: {value!r} is not an ISO 8601 timestamp") from exc
+    if stamp.tzinfo is None:
+        raise CliError(f"{option}: {value!r} needs a UTC offset or Z, e.g. 2026-11-23T12:00:00Z")
+    return stamp.tz_convert("UTC")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the raw tables to.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
+    days: Annotated[int, typer.Option(min=31, help="Length of the window in days.")] = 365,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same world.")] = 0,
+    end: Annotated[
+        str | None, typer.Option(help="End of the window (ISO 8601 with offset); default now.")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="File format of the tables: parquet or csv.")
+    ] = "parquet",
+) -> None:
+    """Write a simulated world in the raw data contract, window ending now."""
+    from features.contract import write_raw
+    from nba.simulate import SimulationConfig
+    from nba.simulate import simulate as run_simulation
+
+    if fmt not in ("parquet", "csv"):
+        raise CliError(f"--format: {fmt!r} is not one of parquet, csv")
+    config = SimulationConfig(end=_parse_time(end, "--end"), customers=customers, days=days,
+                              seed=seed)  # fmt: skip
+    started = time.perf_counter()
+    labels: list[str] = []
+    with console.status("[bold]simulating[/]…", spinner="dots") as status:
+
+        def on_step(label: str) -> None:
+            if labels:
+                console.print(f"[green]✓[/] {labels[-1]}")
+            labels.append(label)
+            status.update(f"[bold]simulating: {label}[/]…")
+
+        world = run_simulation(config, on_step=on_step)
+        console.print(f"[green]✓[/] {labels[-1]}")
+        status.update("[bold]writing tables[/]…")
+        write_raw(world, out, fmt=fmt)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    table = Table(title=f"simulated world in {out} ({elapsed:.1f} s)")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, frame in world.tables().items():
+        table.add_row(name, f"{len(frame):,}")
+    Console().print(table)
+
+
+@app.command()
+def features(
+    raw: Annotated[Path, typer.Option("--raw", help="Folder of raw tables (the contract).")],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Snapshot time for the online store (ISO 8601); now."),
+    ] = None,
+) -> None:
+    """Validate DIR, build the feature tables, `feast apply`, materialize the online store."""
+    from features.build import build_feature_table
+    from features.contract import load_raw
+    from features.store import FeastAdapter
+
+    settings = load_settings()
+    snapshot = _parse_time(as_of, "--as-of")
+    if not raw.is_dir():
+        raise CliError(f"--raw: {raw} is not a folder")
+    with step(f"validated {raw}"):
+        world = load_raw(raw)
+    with step(f"built features ({world.n_rows():,} raw rows)"):
+        table = build_feature_table(
+            world,
+            snapshot,
+            base_currency=settings.base_currency,
+            fx_rates=settings.fx_rates,
+        )
+    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    with step(f"wrote offline feature table ({len(table):,} rows)"):
+        adapter.write_offline(table)
+    with step("feast apply"):
+        adapter.apply()
+    with step(f"materialized {table['customer_id'].nunique():,} customers to the online store"):
+        adapter.materialize(end=snapshot)
+    _print_summary(settings, table, snapshot)
+
+
+def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timestamp) -> None:
+    from features import schema
+
+    latest = table[table[schema.EVENT_TIMESTAMP] == snapshot]
+    summary = Table(title=f"online features as of {snapshot.isoformat()}")
+    summary.add_column("signal")
+    summary.add_column("customers", justify="right")
+    summary.add_row("with an open service case", f"{int((latest.open_case_count > 0).sum()):,}")
+    summary.add_row("unsubscribed from email", f"{int(latest.unsubscribed.sum()):,}")
+    summary.add_row(
+        "past 1,000,000 lifetime miles", f"{int((latest.lifetime_miles >= 1e6).sum()):,}"
+    )
+    summary.add_row("booked in the last 30 days", f"{int((latest.bookings_30d > 0).sum()):,}")
+    Console().print(summary)
+    console.print(f"feature repo: {settings.feature_repo} (online store: {settings.online_store})")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning bad input into one message and exit code 2."""
+    from features.contract import ContractError
+
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (CliError, ContractError, ValueError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("NBA_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

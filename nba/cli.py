@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import click
 import pandas as pd
 import typer
 from rich.console import Console
@@ -158,17 +157,15 @@ def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timesta
 
 
 def main() -> None:
-    """Console entry point: run the app, turning bad input into one message and exit code 2."""
+    """Console entry point: run the app, turning bad input into one message and exit code 2.
+
+    Usage errors (unknown or missing options, out-of-range values) are reported by Typer
+    itself; errors raised by the work (invalid raw data, bad values) are caught here.
+    """
     from features.contract import ContractError
 
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        app()
     except (CliError, ContractError, ValueError, FileNotFoundError, PermissionError) as exc:
         if os.environ.get("NBA_DEBUG"):
             raise

@@ -107,10 +107,11 @@ def _uniform_between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -
 
 
 def _distance_miles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lat = {k: np.radians(v[0]) for k, v in AIRPORTS.items()}
-    lon = {k: np.radians(v[1]) for k, v in AIRPORTS.items()}
-    la1, la2 = np.vectorize(lat.get)(a), np.vectorize(lat.get)(b)
-    lo1, lo2 = np.vectorize(lon.get)(a), np.vectorize(lon.get)(b)
+    codes = pd.Index(list(AIRPORTS))
+    coords = np.radians(np.array(list(AIRPORTS.values())))
+    ia, ib = codes.get_indexer(a), codes.get_indexer(b)
+    la1, lo1 = coords[ia, 0], coords[ia, 1]
+    la2, lo2 = coords[ib, 0], coords[ib, 1]
     h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
     return 3958.8 * 2 * np.arcsin(np.sqrt(h))
 
@@ -775,7 +776,8 @@ def _decision_unsubscribes(
     )
     email_ns = email["ts"].to_numpy("datetime64[ns]").astype(np.int64)
     pos = at.index.get_indexer(email["customer_id"])
-    cut = np.where(pos >= 0, at.to_numpy(np.int64)[np.maximum(pos, 0)], np.iinfo(np.int64).max)
+    cut = np.full(len(email), np.iinfo(np.int64).max, dtype=np.int64)
+    cut[pos >= 0] = at.to_numpy(np.int64)[pos[pos >= 0]]
     keep = email_ns < cut
     extra = pd.DataFrame(
         {

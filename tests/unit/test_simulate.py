@@ -93,3 +93,11 @@ def test_bad_config() -> None:
         SimulationConfig(end=END, days=20)
     with pytest.raises(ValueError, match="timezone"):
         SimulationConfig(end=pd.Timestamp("2026-01-01"))
+
+
+@pytest.mark.parametrize(("customers", "days", "seed"), [(1, 31, 0), (3, 45, 1), (7, 60, 2)])
+def test_tiny_worlds_are_valid(customers: int, days: int, seed: int) -> None:
+    """Edge cases: tables that come out empty (no unsubscribes, no cases) must still work."""
+    world = simulate(SimulationConfig(end=END, customers=customers, days=days, seed=seed))
+    assert len(world.customers) == customers
+    assert len(world.actions) == len(world.outcomes)

@@ -169,7 +169,9 @@ def main() -> None:
     except (CliError, ContractError, ValueError, FileNotFoundError, PermissionError) as exc:
         if os.environ.get("NBA_DEBUG"):
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        # The message quotes offending values from the data: print them verbatim (no markup).
+        console.print("[red]error:[/] ", end="")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -59,7 +59,7 @@ def test_invalid_folder_writes_nothing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
     result = nba("features", "--raw", str(raw), env={"NBA_FEATURE_REPO": str(repo)})
-    assert_clean_failure(result, "service_cases", "missing")
+    assert_clean_failure(result, "service_cases", "table present")
     assert list((repo / "data").iterdir()) == []
 
 

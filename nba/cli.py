@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from nba.settings import Settings, load_settings
@@ -36,13 +43,58 @@ class CliError(Exception):
     """Bad input or a failed precondition: reported as one message, exit code 2."""
 
 
-@contextmanager
-def step(label: str) -> Iterator[None]:
-    """Show a spinner while a stage runs, then its duration."""
-    start = time.perf_counter()
-    with console.status(f"[bold]{label}[/]…", spinner="dots"):
-        yield
-    console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]")
+class Stages:
+    """A progress bar over the named stages of a command, with each stage's duration.
+
+    Stages are short and few, so the bar advances per stage; a stage that has finer progress of
+    its own (Feast's materialization) prints it beneath.
+    """
+
+    def __init__(self, title: str, total: int) -> None:
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._title = title
+        self._total = total
+        self._task: TaskID | None = None
+        self._started = time.perf_counter()
+        self._label: str | None = None
+
+    def __enter__(self) -> Stages:
+        self._progress.start()
+        self._task = self._progress.add_task(self._title, total=self._total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._finish_current()
+        self._progress.stop()
+
+    def _finish_current(self) -> None:
+        if self._label is not None and self._task is not None:
+            elapsed = time.perf_counter() - self._started
+            self._progress.console.print(f"[green]✓[/] {self._label} [dim]({elapsed:.1f} s)[/]")
+            self._progress.advance(self._task)
+        self._label = None
+
+    def __call__(self, label: str) -> None:
+        """Start the next stage (and close the previous one)."""
+        self._finish_current()
+        self._label = label
+        self._started = time.perf_counter()
+        if self._task is not None:
+            self._progress.update(self._task, description=f"{self._title}: {label}")
+
+    def done(self, label: str) -> None:
+        """Close the current stage under a final label (e.g. with a count learned meanwhile)."""
+        self._label = label
+        self._finish_current()
 
 
 def _parse_time(value: str | None, option: str) -> pd.Timestamp:
@@ -81,18 +133,9 @@ def simulate(
     config = SimulationConfig(end=_parse_time(end, "--end"), customers=customers, days=days,
                               seed=seed)  # fmt: skip
     started = time.perf_counter()
-    labels: list[str] = []
-    with console.status("[bold]simulating[/]…", spinner="dots") as status:
-
-        def on_step(label: str) -> None:
-            if labels:
-                console.print(f"[green]✓[/] {labels[-1]}")
-            labels.append(label)
-            status.update(f"[bold]simulating: {label}[/]…")
-
-        world = run_simulation(config, on_step=on_step)
-        console.print(f"[green]✓[/] {labels[-1]}")
-        status.update("[bold]writing tables[/]…")
+    with Stages("simulating", total=8) as stage:
+        world = run_simulation(config, on_step=stage)
+        stage(f"writing {fmt} tables to {out}")
         write_raw(world, out, fmt=fmt)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     table = Table(title=f"simulated world in {out} ({elapsed:.1f} s)")
@@ -120,21 +163,22 @@ def features(
     snapshot = _parse_time(as_of, "--as-of")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
-    with step(f"validated {raw}"):
+    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    with Stages("features", total=5) as stage:
+        stage(f"validating {raw}")
         world = load_raw(raw)
-    with step(f"built features ({world.n_rows():,} raw rows)"):
+        stage(f"building features from {world.n_rows():,} raw rows")
         table = build_feature_table(
             world,
             snapshot,
             base_currency=settings.base_currency,
             fx_rates=settings.fx_rates,
         )
-    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
-    with step(f"wrote offline feature table ({len(table):,} rows)"):
+        stage(f"writing the offline feature table ({len(table):,} rows)")
         adapter.write_offline(table)
-    with step("feast apply"):
+        stage("feast apply")
         adapter.apply()
-    with step(f"materialized {table['customer_id'].nunique():,} customers to the online store"):
+        stage(f"materializing {table['customer_id'].nunique():,} customers to the online store")
         adapter.materialize(end=snapshot)
     _print_summary(settings, table, snapshot)
 

@@ -44,7 +44,7 @@ def built(
     assert sim.returncode == 0, sim.stderr
     feats = nba("features", "--raw", str(root / "raw"), "--as-of", AS_OF, env=env)
     assert feats.returncode == 0, feats.stderr
-    assert "materialized" in feats.stderr
+    assert "✓ materializing 400 customers to the online store" in feats.stderr
     adapter = FeastAdapter(repo, Path("feature_store.yaml"))
     table = pd.read_parquet(adapter.table_path)
     return adapter, table

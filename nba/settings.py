@@ -45,6 +45,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Units of base currency per unit of another currency, e.g. {"EUR": 1.08}.',
     )
+    mlflow_tracking_uri: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}",
+        description="MLflow tracking store (a database URI; the old file store is refused).",
+    )
+    mlflow_artifact_location: str = Field(
+        default=str(PROJECT_ROOT / "mlruns" / "artifacts"),
+        description="Where MLflow keeps run artifacts (models, plots) for new experiments.",
+    )
+    mlflow_experiment: str = Field(default="nba-uplift", description="MLflow experiment name.")
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )

@@ -24,6 +24,7 @@ import pandas as pd
 from features.build import build_features
 from features.contract import ACTIONS, RawData, validate
 from features.derive import derive_columns
+from training.baselines import RULES_V1, rules_v1
 
 DAY_NS = 86_400 * 10**9
 HOUR_NS = 3_600 * 10**9
@@ -579,18 +580,7 @@ def _decide(
 
     # rules-v1: apology after a recent uncompensated disruption, recognition after a milestone,
     # promo to recent abandoners, else nothing; epsilon-greedy (85%) over the allowed actions.
-    days_neg = np.nan_to_num(derived["days_since_last_negative"], nan=1e9)
-    days_mile = np.nan_to_num(derived["days_since_last_milestone"], nan=1e9)
-    abandons = feats["abandons_30d"].to_numpy()
-    preferred = np.select(
-        [
-            (days_neg <= 14) & ~derived["compensated_since_last_negative"],
-            days_mile <= 30,
-            (abandons > 0) & promo_ok,
-        ],
-        [ACTIONS.index("apology_credit"), ACTIONS.index("recognition"), ACTIONS.index("promo")],
-        default=ACTIONS.index("none"),
-    )
+    preferred = pd.Index(ACTIONS).get_indexer(rules_v1(feats.assign(**derived)))
     explore = rng.random(nd) < 0.15
     others = allowed.copy()
     others[np.arange(nd), preferred] = False
@@ -618,7 +608,7 @@ def _decide(
             "customer_id": cust.ids[owner],
             "decided_at": decided,
             "action": chosen,
-            "policy": np.where(is_random, "random", "rules-v1").astype(object),
+            "policy": np.where(is_random, "random", RULES_V1).astype(object),
             "propensity": propensity,
             "channel": channel,
         }

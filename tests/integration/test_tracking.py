@@ -1,0 +1,290 @@
+"""The MLflow adapter against a real MLflow 3.17 on a SQLite store in a temporary folder.
+
+One store per module (creating the MLflow schema costs seconds); each test gets its own
+experiment, artifact folder and registered model name, so registry state does not leak between
+tests. One tiny uplift model is fitted per module and logged by every test that needs a version.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from nba.settings import PROJECT_ROOT
+from training.tracking import (
+    CHAMPION,
+    STATUS_FAILED,
+    STATUS_GATED,
+    STATUS_PENDING,
+    STATUS_TAG,
+    ModelNotAvailableError,
+    Tracker,
+)
+from training.uplift import MultiActionUplift
+
+pytestmark = pytest.mark.integration
+
+ARMS = np.array(["promo", "apology_credit", "recognition", "none"])
+GATE_KEYS = {
+    "gate.promoted",
+    "gate.candidate_dr_value",
+    "gate.champion_dr_value",
+    "gate.champion_version",
+    "gate.reason",
+    "gate.forced",
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    return pd.DataFrame({f"x{i}": rng.normal(size=400) for i in range(4)})
+
+
+@pytest.fixture(scope="module")
+def model(data: pd.DataFrame) -> MultiActionUplift:
+    """A tiny fitted uplift model (uniform random actions, noise outcomes): fast, not useful."""
+    rng = np.random.default_rng(8)
+    n = len(data)
+    action = ARMS[rng.integers(0, len(ARMS), n)]
+    outcomes = pd.DataFrame(
+        {
+            "converted": rng.random(n) < 0.3,
+            "revenue": rng.random(n) * 100,
+            "unsubscribed": rng.random(n) < 0.05,
+        }
+    )
+    estimator = MultiActionUplift(n_estimators=10, num_leaves=4, min_child_samples=10)
+    return estimator.fit(data, action, np.full(n, 0.25), outcomes)
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracker(store_uri: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Tracker]:
+    name = re.sub(r"\W", "-", request.node.name)
+    yield Tracker(
+        store_uri,
+        artifact_location=str(tmp_path / "artifacts"),
+        experiment=f"exp-{name}",
+        model_name=f"model-{name}",
+    )
+
+
+def train(tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame, value: float) -> int:
+    """One training run logging ``dr_value`` and the model; returns the registered version."""
+    with tracker.start_run():
+        tracker.log_metrics({"dr_value": value})
+        uri = tracker.log_model(model, data.head(5))
+        return tracker.register(uri, {"git_sha": "abc123"})
+
+
+def version_tags(tracker: Tracker, version: int) -> dict[str, str]:
+    return tracker._client().get_model_version(tracker.model_name, str(version)).tags
+
+
+def run_of(tracker: Tracker, version: int) -> object:
+    client = tracker._client()
+    return client.get_run(client.get_model_version(tracker.model_name, str(version)).run_id)
+
+
+def test_import_does_not_import_mlflow() -> None:
+    code = "import sys, training.tracking; print('mlflow' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_log_register_load_round_trip(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.txt"
+    report.write_text("hello")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    table = pd.DataFrame({"uplift": [0.1, 0.0, -0.05]}, index=pd.Index(model.actions_, name="a"))
+
+    with tracker.start_run(run_name="round-trip") as run_id:
+        tracker.log_params({"n_estimators": 10, "model": {"method": "dr", "n_folds": 2}})
+        tracker.log_metrics({"dr_value": 1.5, "qini": 0.02})
+        tracker.set_tags({"git_sha": "abc123"})
+        tracker.log_figure(fig, "qini")
+        tracker.log_table(table, "uplift_by_action")
+        with pytest.raises(ValueError, match="already logged"):
+            tracker.log_table(table, "uplift_by_action")  # MLflow would append the rows
+        tracker.log_artifact(report, subdir="reports")
+        started = time.perf_counter()
+        uri = tracker.log_model(model, data.head(5))
+        logged = time.perf_counter() - started
+        started = time.perf_counter()
+        version = tracker.register(uri, {"git_sha": "abc123"})
+        registered = time.perf_counter() - started
+
+    started = time.perf_counter()
+    loaded = tracker.load(version)
+    loading = time.perf_counter() - started
+    print(f"log_model {logged:.2f} s, register {registered:.2f} s, load {loading:.3f} s")
+
+    assert type(loaded) is MultiActionUplift
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.predict(data), model.predict(data))
+    assert loaded.predict(data).shape == (len(data), 3)
+
+    client = tracker._client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.n_folds"] == "2"
+    assert run.data.metrics == {"dr_value": 1.5, "qini": 0.02}
+    assert run.data.tags["git_sha"] == "abc123"
+    folders = ("figures", "tables", "reports")
+    paths = {a.path for folder in folders for a in client.list_artifacts(run_id, folder)}
+    assert paths == {"figures/qini.png", "tables/uplift_by_action.json", "reports/report.txt"}
+    local = client.download_artifacts(run_id, "tables/uplift_by_action.json", str(tmp_path))
+    logged_table = pd.read_json(local, orient="split")
+    assert list(logged_table["a"]) == list(model.actions_)  # the index survived as a column
+
+    import mlflow.models
+
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.input_names() == model.feature_names_
+    assert version_tags(tracker, version) == {"git_sha": "abc123", STATUS_TAG: STATUS_PENDING}
+
+
+def test_logging_needs_the_tracker_run(tracker: Tracker) -> None:
+    # MLflow's fluent API would silently start a stray run instead.
+    with pytest.raises(RuntimeError, match="start_run"):
+        tracker.log_metrics({"x": 1.0})
+
+
+def test_first_model_needs_force(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame
+) -> None:
+    version = train(tracker, model, data, 1.0)
+
+    decision = tracker.gate(version, 1.0, None)
+    assert not decision.promoted
+    assert "--force" in decision.reason and "no champion" in decision.reason
+    assert decision.champion_version is None
+    assert tracker.champion() is None
+    tags = version_tags(tracker, version)
+    assert tags["gate.promoted"] == "false" and tags["gate.forced"] == "false"
+    assert tags[STATUS_TAG] == STATUS_GATED
+
+    decision = tracker.gate(version, 1.0, None, force=True)
+    assert decision.promoted and decision.forced
+    champion = tracker.champion()
+    assert champion is not None and champion.version == version
+    assert champion.aliases == [CHAMPION] and champion.metrics == {"dr_value": 1.0}
+    for tags in (version_tags(tracker, version), run_of(tracker, version).data.tags):
+        assert tags.keys() >= GATE_KEYS
+        assert tags["gate.promoted"] == "true" and tags["gate.forced"] == "true"
+        assert tags["gate.champion_version"] == "none"
+    np.testing.assert_array_equal(tracker.load().predict(data), model.predict(data))
+
+
+def test_better_candidate_takes_champion_worse_does_not(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame
+) -> None:
+    first = train(tracker, model, data, 1.0)
+    tracker.gate(first, 1.0, None, force=True)
+
+    better = train(tracker, model, data, 1.2)
+    decision = tracker.gate(better, 1.2, 1.0)
+    assert decision.promoted and not decision.forced
+    assert decision.champion_version == first
+    assert tracker.champion().version == better
+
+    worse = train(tracker, model, data, 0.9)
+    decision = tracker.gate(worse, 0.9, 1.2)
+    assert not decision.promoted
+    assert "champion kept" in decision.reason
+    assert tracker.champion().version == better
+    for tags in (version_tags(tracker, worse), run_of(tracker, worse).data.tags):
+        assert tags["gate.promoted"] == "false"
+        assert float(tags["gate.candidate_dr_value"]) == 0.9
+        assert float(tags["gate.champion_dr_value"]) == 1.2
+        assert tags["gate.champion_version"] == str(better)
+        assert tags["gate.reason"] == decision.reason
+
+    # Better, but not by the required margin.
+    decision = tracker.gate(worse, 1.25, 1.2, min_improvement=0.1)
+    assert not decision.promoted and tracker.champion().version == better
+    with pytest.raises(ValueError, match="champion_value"):
+        tracker.gate(worse, 1.25, None)
+
+    versions = tracker.versions()
+    assert [v.version for v in versions] == [worse, better, first]
+    assert [v.aliases for v in versions] == [[], [CHAMPION], []]
+    assert [v.metrics["dr_value"] for v in versions] == [0.9, 1.2, 1.0]
+    assert all(v.tags[STATUS_TAG] == STATUS_GATED for v in versions)
+    assert versions[0].created >= versions[-1].created and versions[0].created.tzinfo
+
+
+def test_load_without_champion_says_what_to_do(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame
+) -> None:
+    assert tracker.versions() == [] and tracker.champion() is None
+    with pytest.raises(ModelNotAvailableError, match=r"nba train --force"):
+        tracker.load()
+    version = train(tracker, model, data, 1.0)  # registered, but never promoted
+    with pytest.raises(ModelNotAvailableError, match=r"no 'champion' alias.*nba train --force"):
+        tracker.load()
+    with pytest.raises(ModelNotAvailableError, match=r"version 99 .*does not exist"):
+        tracker.load(99)
+    assert tracker.load(version).predict(data.head(2)).shape == (2, 3)
+
+
+def test_unloadable_champion_says_what_to_do(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame
+) -> None:
+    version = train(tracker, model, data, 1.0)
+    tracker.gate(version, 1.0, None, force=True)
+
+    shutil.rmtree(tracker.artifact_location)  # the artifact store lost the files
+    with pytest.raises(ModelNotAvailableError, match=r"could not be loaded.*nba train --force"):
+        tracker.load()
+
+
+def test_failure_after_log_model_leaves_no_usable_version(
+    tracker: Tracker, model: MultiActionUplift, data: pd.DataFrame
+) -> None:
+    champion = train(tracker, model, data, 1.0)
+    tracker.gate(champion, 1.0, None, force=True)
+
+    with pytest.raises(RuntimeError, match="evaluation crashed"), tracker.start_run() as run_id:
+        uri = tracker.log_model(model, data.head(5))
+        failed = tracker.register(uri, {})
+        raise RuntimeError("evaluation crashed")
+
+    client = tracker._client()
+    assert client.get_run(run_id).info.status == "FAILED"
+    tags = version_tags(tracker, failed)
+    assert tags[STATUS_TAG] == STATUS_FAILED
+    assert "evaluation crashed" in tags["nba.failure"]
+    assert tracker.champion().version == champion
+    with pytest.raises(ModelNotAvailableError, match="marked failed"):
+        tracker.load(failed)
+    with pytest.raises(ValueError, match="marked failed"):
+        tracker.gate(failed, 9.9, 1.0, force=True)
+    assert tracker.champion().version == champion
+
+    # A failure between log_model and register leaves a failed run and no new version.
+    with pytest.raises(RuntimeError, match="disk full"), tracker.start_run() as run_id:
+        tracker.log_model(model, data.head(5))
+        raise RuntimeError("disk full")
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert [v.version for v in tracker.versions()] == [failed, champion]

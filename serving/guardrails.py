@@ -1,0 +1,650 @@
+"""Guardrails as data: named eligibility rules loaded from YAML, compiled, evaluated per request.
+
+A rule file (``serving/guardrails.yaml`` by default) holds ``rules:``, a list of::
+
+    - name: open_service_case            # appears in a ranking's ``blocked_by``
+      action: promo                      # promo | apology_credit | recognition (never ``none``)
+      effect: block                      # block: ineligible when ``when`` holds
+                                         # require: ineligible unless ``when`` holds
+      when: {feature: open_case_count, op: ">", value: 0}
+      reason: "case {oldest_open_case_id} open since {oldest_open_case_age_days:.0f} days"
+
+Conditions are ``{feature: NAME, op: OP, value: V}`` (OP one of ``< <= > >= == !=``), the
+combinators ``{all: [...]}``, ``{any: [...]}``, ``{not: ...}``, and ``{missing: NAME}`` (true
+when NAME has no usable value). NAME is a feature of ``features.schema.STORED`` or ``DERIVED``
+or a server-side value of ``CONTEXT``. Thresholds live in the file: a request never supplies a
+rule or a threshold, only (through the service) the ``channel``.
+
+**Fail closed.** A condition is evaluated in three-valued (Kleene) logic: a comparison whose
+value is missing (None, NaN, NA, or not of the feature's type) is *unknown*, ``all``/``any``
+are unknown only when the known members do not settle them, and ``not`` keeps unknown unknown.
+A ``block`` rule fires unless its condition is definitely false; a ``require`` rule is satisfied
+only when its condition is definitely true. Because Kleene logic only settles a result that no
+value of the missing inputs could change, a missing value never makes an action eligible.
+``{missing: NAME}`` is the one explicit way out, for a value whose absence has a meaning (no
+negative experience on record leaves ``days_since_last_negative`` empty); a rule that uses it
+says so in the file.
+
+The rules are validated at load (``load_rules``): unknown feature, action or op, a rule on
+``none``, duplicate names, malformed conditions or reason templates raise ``GuardrailError``
+naming the file and the rule. Each condition is compiled into two closures: a scalar one for a
+single request (a few microseconds for the shipped rules) and a vectorized one over a frame for
+offline scoring; ``serving.policy.evaluate_batch`` checks they agree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from features import schema
+from features.contract import ACTIONS
+
+#: The rules shipped with the service.
+DEFAULT_RULES_PATH: Final = Path(__file__).with_name("guardrails.yaml")
+
+#: The safe action: always eligible, no rule may target it.
+NO_ACTION: Final = "none"
+
+#: Values that are not customer features but come from the request context or the server's own
+#: state: ``channel`` of the request; ``promos_7d``, promos decided for this customer in the
+#: last 7 days (from the decision history); ``apology_budget_left``, apology credits the daily
+#: pacer (``serving.policy.DailyBudget.remaining``) would still grant now.
+CONTEXT: Final[dict[str, schema.FeatureType]] = {
+    "channel": "string",
+    "promos_7d": "int",
+    "apology_budget_left": "int",
+}
+
+#: Channels a decision can be made for (raw-data contract, ``actions.channel``).
+CHANNELS: Final = ("web", "app", "email")
+
+#: Every name a condition or a reason may reference, with its type.
+VALUE_TYPES: Final[dict[str, schema.FeatureType]] = {**schema.STORED, **schema.DERIVED, **CONTEXT}
+
+#: Comparison operators of a condition.
+OPS: Final[dict[str, Callable[[Any, Any], Any]]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+#: What a reason template shows for a value that is missing or cannot be formatted.
+MISSING_TEXT: Final = "?"
+
+_EQUALITY_OPS: Final = ("==", "!=")
+_RULE_KEYS: Final = ("name", "action", "effect", "when", "reason")
+_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+_TARGETS: Final = tuple(a for a in ACTIONS if a != NO_ACTION)
+
+Effect = Literal["block", "require"]
+#: A three-valued truth: True, False or None (unknown).
+Truth = bool | None
+ScalarCheck = Callable[[Mapping[str, Any]], Truth]
+#: Vectorized check: (definitely true, unknown) boolean arrays.
+VectorCheck = Callable[["_Columns"], tuple[np.ndarray, np.ndarray]]
+
+
+class GuardrailError(ValueError):
+    """A rule file that cannot be loaded; the message names the file and the rule."""
+
+
+# --- Reading values as the feature's type ---------------------------------------------------------
+# One scalar reader per type serves the request path; the vectorized readers below must agree with
+# it element by element (anything the scalar reader rejects is unknown in the vector too).
+
+
+def _read_number(value: Any) -> float | None:
+    """A finite-or-infinite float, or None when missing or not a number."""
+    if value is None or isinstance(value, str):
+        return None  # float("3") would parse: a string is never a number here
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # pd.NA, pd.NaT, timestamps, objects
+        return None
+    return None if number != number else number
+
+
+def _read_bool(value: Any) -> bool | None:
+    """A bool (also from 0/1 numbers), or None when missing or anything else."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    number = _read_number(value)
+    if number == 0.0:
+        return False
+    if number == 1.0:
+        return True
+    return None
+
+
+def _read_string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_SCALAR_READERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "int": _read_number,
+    "float": _read_number,
+    "bool": _read_bool,
+    "string": _read_string,
+}
+
+
+def is_missing(value: Any) -> bool:
+    """Whether a value is absent: None, NaN, ``pd.NA`` or ``pd.NaT``."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+class _Columns:
+    """A frame's columns read as feature types, each read once however many rules use it."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.n = len(frame)
+        self._cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, known) of column ``name`` read as ``kind``; an absent column is all unknown."""
+        key = (name, kind)
+        if key not in self._cache:
+            if name not in self.frame.columns:
+                fill = np.nan if kind in ("int", "float") else None
+                dtype = np.float64 if kind in ("int", "float") else object
+                values = np.full(self.n, fill, dtype=dtype)
+                self._cache[key] = (values, np.zeros(self.n, dtype=bool))
+            else:
+                self._cache[key] = _read_column(self.frame[name], kind)
+        return self._cache[key]
+
+
+def _read_column(column: pd.Series, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorized ``_SCALAR_READERS[kind]``: (values, known)."""
+    numeric = column.dtype != object and pd.api.types.is_numeric_dtype(column.dtype)
+    if kind in ("int", "float"):
+        if numeric:  # numpy/nullable ints, floats and bools: the fast path
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            read = [_read_number(v) for v in column.to_numpy(dtype=object)]
+            values = np.array([np.nan if v is None else v for v in read], dtype=np.float64)
+        return values, ~np.isnan(values)
+    if kind == "bool":
+        if numeric:
+            number = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            return number == 1.0, (number == 0.0) | (number == 1.0)
+        read = [_read_bool(v) for v in column.to_numpy(dtype=object)]
+        known = np.array([v is not None for v in read], dtype=bool)
+        return np.array([bool(v) for v in read], dtype=bool), known
+    read = [_read_string(v) for v in column.to_numpy(dtype=object)]
+    return np.array(read, dtype=object), np.array([v is not None for v in read], dtype=bool)
+
+
+# --- Conditions -----------------------------------------------------------------------------------
+
+
+class _ConditionError(Exception):
+    """A malformed condition, located by its path inside ``when``."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    scalar: ScalarCheck
+    vector: VectorCheck
+    names: frozenset[str]
+
+
+def _unknown_name_message(name: Any, what: str = "feature") -> str:
+    hint = difflib.get_close_matches(str(name), list(VALUE_TYPES), n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return (
+        f"unknown {what} {name!r}{suggestion}: expected a name of features.schema.STORED or "
+        f"DERIVED or one of {list(CONTEXT)}"
+    )
+
+
+def _compile_condition(raw: Any, where: str) -> _Compiled:
+    """Validate one condition and compile it into scalar and vector closures."""
+    if not isinstance(raw, Mapping):
+        raise _ConditionError(where, f"a condition must be a mapping, got {raw!r}")
+    forms = [key for key in ("feature", "all", "any", "not", "missing") if key in raw]
+    if len(forms) != 1:
+        raise _ConditionError(
+            where,
+            "a condition needs exactly one of 'feature' (with 'op' and 'value'), 'all', 'any', "
+            f"'not' or 'missing', got keys {sorted(map(str, raw))}",
+        )
+    form = forms[0]
+    if form == "feature":
+        return _compile_comparison(raw, where)
+    extra = set(raw) - {form}
+    if extra:
+        raise _ConditionError(where, f"unexpected keys {sorted(map(str, extra))} beside {form!r}")
+    if form == "missing":
+        return _compile_missing(raw["missing"], where)
+    if form == "not":
+        return _compile_not(_compile_condition(raw["not"], f"{where}.not"))
+    members = raw[form]
+    if not isinstance(members, list) or not members:
+        raise _ConditionError(where, f"{form!r} needs a non-empty list of conditions")
+    compiled = [_compile_condition(m, f"{where}.{form}[{i}]") for i, m in enumerate(members)]
+    return _compile_all(compiled) if form == "all" else _compile_any(compiled)
+
+
+def _feature_kind(name: Any, where: str) -> str:
+    if not isinstance(name, str) or name not in VALUE_TYPES:
+        raise _ConditionError(where, _unknown_name_message(name))
+    kind = VALUE_TYPES[name]
+    if kind == "timestamp":
+        # A stored timestamp would need a time of reference: the derived durations carry it.
+        raise _ConditionError(
+            where,
+            f"{name!r} is a timestamp; compare its derived duration (features.schema.DERIVED, "
+            "e.g. 'days_since_last_negative') instead",
+        )
+    return kind
+
+
+def _compile_comparison(raw: Mapping[str, Any], where: str) -> _Compiled:
+    extra = set(raw) - {"feature", "op", "value"}
+    if extra:
+        raise _ConditionError(where, f"unexpected keys {sorted(map(str, extra))} in a comparison")
+    if "op" not in raw or "value" not in raw:
+        raise _ConditionError(where, "a comparison needs 'feature', 'op' and 'value'")
+    name, op, value = raw["feature"], raw["op"], raw["value"]
+    kind = _feature_kind(name, where)
+    if not isinstance(op, str) or op not in OPS:
+        raise _ConditionError(
+            where, f"unknown op {op!r} on {name!r}: expected one of {list(OPS)} (quote it in YAML)"
+        )
+    if kind in ("int", "float"):
+        # bool is an int in Python, and YAML reads yes/no/on/off as bools: refuse it here.
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise _ConditionError(where, f"{name!r} is a number: value {value!r} is not one")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise _ConditionError(where, f"{name!r} is a bool: value {value!r} is not true/false")
+    elif not isinstance(value, str):
+        raise _ConditionError(where, f"{name!r} is a string: value {value!r} is not one")
+    elif name == "channel" and value not in CHANNELS:
+        raise _ConditionError(where, f"unknown channel {value!r}: expected one of {CHANNELS}")
+    if kind in ("bool", "string") and op not in _EQUALITY_OPS:
+        raise _ConditionError(where, f"{name!r} is a {kind}: only == and != apply, not {op!r}")
+
+    compare, read = OPS[op], _SCALAR_READERS[kind]
+
+    def scalar(values: Mapping[str, Any]) -> Truth:
+        got = read(values.get(name))
+        return None if got is None else compare(got, value)
+
+    def vector(columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
+        got, known = columns.get(name, kind)
+        with np.errstate(invalid="ignore"):
+            true = np.asarray(compare(got, value), dtype=bool) & known
+        return true, ~known
+
+    return _Compiled(scalar, vector, frozenset({name}))
+
+
+def _compile_missing(name: Any, where: str) -> _Compiled:
+    kind = _feature_kind(name, f"{where}.missing")
+    read = _SCALAR_READERS[kind]
+
+    def scalar(values: Mapping[str, Any]) -> Truth:
+        return read(values.get(name)) is None
+
+    def vector(columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
+        _, known = columns.get(name, kind)
+        return ~known, np.zeros(columns.n, dtype=bool)
+
+    return _Compiled(scalar, vector, frozenset({name}))
+
+
+def _compile_not(inner: _Compiled) -> _Compiled:
+    check = inner.scalar
+
+    def scalar(values: Mapping[str, Any]) -> Truth:
+        got = check(values)
+        return None if got is None else not got
+
+    def vector(columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
+        true, unknown = inner.vector(columns)
+        return ~true & ~unknown, unknown
+
+    return _Compiled(scalar, vector, inner.names)
+
+
+def _compile_all(members: Sequence[_Compiled]) -> _Compiled:
+    checks = tuple(m.scalar for m in members)
+
+    def scalar(values: Mapping[str, Any]) -> Truth:
+        unknown = False
+        for check in checks:
+            got = check(values)
+            if got is None:
+                unknown = True
+            elif not got:
+                return False  # one definite false settles it, whatever is unknown
+        return None if unknown else True
+
+    def vector(columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
+        true = np.ones(columns.n, dtype=bool)
+        false = np.zeros(columns.n, dtype=bool)
+        for member in members:
+            t, u = member.vector(columns)
+            true &= t
+            false |= ~t & ~u
+        return true, ~true & ~false
+
+    return _Compiled(scalar, vector, frozenset().union(*(m.names for m in members)))
+
+
+def _compile_any(members: Sequence[_Compiled]) -> _Compiled:
+    checks = tuple(m.scalar for m in members)
+
+    def scalar(values: Mapping[str, Any]) -> Truth:
+        unknown = False
+        for check in checks:
+            got = check(values)
+            if got is None:
+                unknown = True
+            elif got:
+                return True  # one definite true settles it, whatever is unknown
+        return None if unknown else False
+
+    def vector(columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
+        true = np.zeros(columns.n, dtype=bool)
+        false = np.ones(columns.n, dtype=bool)
+        for member in members:
+            t, u = member.vector(columns)
+            true |= t
+            false &= ~t & ~u
+        return true, ~true & ~false
+
+    return _Compiled(scalar, vector, frozenset().union(*(m.names for m in members)))
+
+
+# --- Reason templates -----------------------------------------------------------------------------
+
+#: A parsed template: (literal text, value name or None, format spec).
+_Piece = tuple[str, str | None, str]
+_SAMPLES: Final[dict[str, Any]] = {
+    "int": 1,
+    "float": 1.5,
+    "bool": True,
+    "string": "x",
+    "timestamp": pd.Timestamp("2024-01-01", tz="UTC"),
+}
+
+
+def _parse_template(template: Any) -> tuple[_Piece, ...]:
+    """Validate a reason template ("{name:spec}" fields of known names) and split it."""
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"'reason' must be a non-empty text, got {template!r}")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"reason {template!r} is not a valid template: {exc}") from None
+    pieces: list[_Piece] = []
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            pieces.append((literal, None, ""))
+            continue
+        if name not in VALUE_TYPES:
+            raise ValueError(f"reason {template!r}: " + _unknown_name_message(name, "value"))
+        if conversion is not None or "{" in (spec or ""):
+            raise ValueError(f"reason {template!r}: only '{{name}}' or '{{name:spec}}' fields")
+        try:  # a spec that cannot format the value's type would only ever render "?"
+            format(_SAMPLES[VALUE_TYPES[name]], spec or "")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"reason {template!r}: format {spec!r} does not apply to {name!r} "
+                f"({VALUE_TYPES[name]}): {exc}"
+            ) from None
+        pieces.append((literal, name, spec or ""))
+    return tuple(pieces)
+
+
+def _render(pieces: Sequence[_Piece], values: Mapping[str, Any]) -> str:
+    out: list[str] = []
+    for literal, name, spec in pieces:
+        out.append(literal)
+        if name is None:
+            continue
+        value = values.get(name)
+        if is_missing(value):
+            out.append(MISSING_TEXT)
+            continue
+        try:
+            out.append(format(value, spec))
+        except (TypeError, ValueError):  # a value of the wrong type must not crash a request
+            out.append(MISSING_TEXT)
+    return "".join(out)
+
+
+# --- Rules ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated, compiled guardrail rule."""
+
+    name: str
+    action: str
+    effect: Effect
+    #: The condition as written in the file (for display and audit).
+    when: Mapping[str, Any]
+    reason: str
+    #: Every value name the condition reads.
+    reads: frozenset[str]
+    _fires: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
+    _fires_vector: Callable[[_Columns], np.ndarray] = field(repr=False, compare=False)
+    _pieces: tuple[_Piece, ...] = field(repr=False, compare=False)
+
+    def fires(self, values: Mapping[str, Any]) -> bool:
+        """Whether this rule makes its action ineligible for ``values`` (fail closed)."""
+        return self._fires(values)
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """The reason text for ``values``; a missing value shows as ``MISSING_TEXT``."""
+        return _render(self._pieces, values)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The validated rules of one file, in file order. Immutable: share it across threads."""
+
+    rules: tuple[Rule, ...]
+    source: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(rule.name for rule in self.rules)
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """Every value name some condition reads (what a caller must provide)."""
+        return frozenset().union(*(rule.reads for rule in self.rules))
+
+    def __getitem__(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)
+
+
+def _make_rule(raw: Any, index: int, source: str) -> Rule:
+    label = f"rule #{index + 1}"
+    if isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
+        label = f"rule {raw['name']!r}"
+
+    def fail(message: str) -> GuardrailError:
+        return GuardrailError(f"{source}: {label}: {message}")
+
+    if not isinstance(raw, Mapping):
+        raise fail(f"a rule must be a mapping, got {raw!r}")
+    unknown = set(raw) - set(_RULE_KEYS)
+    if unknown:
+        raise fail(f"unknown keys {sorted(map(str, unknown))}: expected {list(_RULE_KEYS)}")
+    missing = [key for key in _RULE_KEYS if key not in raw]
+    if missing:
+        raise fail(f"missing keys {missing}")
+    name, action, effect = raw["name"], raw["action"], raw["effect"]
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise fail(f"name {name!r} must be snake_case (it is reported in 'blocked_by')")
+    if action == NO_ACTION:
+        raise fail(f"action {NO_ACTION!r} can never be blocked: it is the safe fallback")
+    if action not in _TARGETS:
+        raise fail(f"unknown action {action!r}: expected one of {list(_TARGETS)}")
+    if effect not in ("block", "require"):
+        raise fail(f"unknown effect {effect!r}: expected 'block' or 'require'")
+    try:
+        condition = _compile_condition(raw["when"], "when")
+        pieces = _parse_template(raw["reason"])
+    except (_ConditionError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+    check, vector = condition.scalar, condition.vector
+    if effect == "block":
+        # Fires unless definitely false: unknown blocks.
+        def fires(values: Mapping[str, Any]) -> bool:
+            return check(values) is not False
+
+        def fires_vector(columns: _Columns) -> np.ndarray:
+            true, unknown = vector(columns)
+            return true | unknown
+
+    else:
+        # Satisfied only when definitely true: unknown blocks.
+        def fires(values: Mapping[str, Any]) -> bool:
+            return check(values) is not True
+
+        def fires_vector(columns: _Columns) -> np.ndarray:
+            return ~vector(columns)[0]
+
+    return Rule(
+        name=name,
+        action=action,
+        effect=effect,
+        when=raw["when"],
+        reason=raw["reason"],
+        reads=condition.names,
+        _fires=fires,
+        _fires_vector=fires_vector,
+        _pieces=pieces,
+    )
+
+
+def parse_rules(data: Any, source: str = "<rules>") -> RuleSet:
+    """Validate and compile rules already read from YAML (``{"rules": [...]}``)."""
+    if not isinstance(data, Mapping):
+        raise GuardrailError(f"{source}: expected a mapping with a 'rules' list")
+    unknown = set(data) - {"version", "rules"}
+    if unknown:
+        raise GuardrailError(f"{source}: unknown top-level keys {sorted(map(str, unknown))}")
+    if data.get("version", 1) != 1:
+        raise GuardrailError(f"{source}: unsupported version {data['version']!r} (expected 1)")
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, list):
+        raise GuardrailError(f"{source}: 'rules' must be a list of rules")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_rules):
+        rule = _make_rule(raw, index, source)
+        if rule.name in seen:
+            raise GuardrailError(f"{source}: rule {rule.name!r}: duplicate rule name")
+        seen.add(rule.name)
+        rules.append(rule)
+    return RuleSet(tuple(rules), source)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys (PyYAML keeps the last one silently,
+    which would let a second ``value:`` quietly override a threshold)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: list[Any] = []
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.append(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_rules(path: str | Path = DEFAULT_RULES_PATH) -> RuleSet:
+    """Read, validate and compile a rule file; ``GuardrailError`` names the file and the rule."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise GuardrailError(f"{path}: not valid YAML: {exc}") from None
+    return parse_rules(data, str(path))
+
+
+# --- Evaluation -----------------------------------------------------------------------------------
+
+
+def evaluate(rules: RuleSet, values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The rules that make each action ineligible for one customer, in file order.
+
+    ``values`` maps feature and context names to values (extra keys are ignored, absent ones are
+    missing). Returns every action of ``ACTIONS`` (``none`` always with an empty list).
+    """
+    blocked: dict[str, list[str]] = {action: [] for action in ACTIONS}
+    for rule in rules.rules:
+        if rule._fires(values):
+            blocked[rule.action].append(rule.name)
+    return blocked
+
+
+def evaluate_frame(rules: RuleSet, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Vectorized ``evaluate``: rule name -> boolean array, True where the rule fires.
+
+    Columns are read like the scalar path reads a value (a column absent from ``frame`` is
+    missing everywhere, so it fails closed), and agree with ``evaluate`` row by row.
+    """
+    columns = _Columns(frame)
+    return {rule.name: rule._fires_vector(columns) for rule in rules.rules}
+
+
+def reasons(
+    rules: RuleSet, values: Mapping[str, Any], blocked: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The reason texts of the rules named in ``blocked`` (``evaluate``'s result), in file order.
+
+    Identical texts are given once. Pass only the candidates' entries of ``blocked`` to explain
+    just those actions.
+    """
+    fired = {(action, name) for action, names in blocked.items() for name in names}
+    out: list[str] = []
+    for rule in rules.rules:
+        if (rule.action, rule.name) in fired:
+            text = rule.render(values)
+            if text not in out:
+                out.append(text)
+    return out

@@ -1,0 +1,337 @@
+"""Arbitration: from expected values and guardrail verdicts to one action, with its propensity.
+
+The chosen action is the eligible candidate with the highest expected value, and ``none`` when
+no eligible action has a positive one (``none`` is worth 0, is always eligible and always a
+candidate). An action is eligible when no guardrail blocks it and its expected value is a finite
+number: a NaN (or infinite) value from the model is a failure, and failures fail closed.
+
+Exploration is epsilon-greedy *inside* the eligible set: with probability ``epsilon`` the policy
+picks uniformly among the other eligible candidates, so guardrails bind exploration too. The
+returned ``propensity`` is the true probability that this policy returns that action given the
+eligible set (``k`` eligible candidates, ``none`` included):
+
+* greedy action: ``1 - epsilon`` when ``k > 1``, ``1.0`` when it is the only one;
+* explored action: ``epsilon / (k - 1)``.
+
+``arbitrate`` serves one request; ``arbitrate_batch`` and ``evaluate_batch`` do the same over
+arrays for offline scoring (``nba score``), with the same semantics (tested to agree).
+``DailyBudget`` paces apology credits across the day.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from features import contract
+from serving import guardrails
+
+#: Every action, in the column order of the batch arrays.
+ACTIONS: Final[tuple[str, ...]] = contract.ACTIONS
+#: The safe action.
+NONE: Final = "none"
+_NONE_COLUMN: Final = ACTIONS.index(NONE)
+_ORDER: Final = {action: i for i, action in enumerate(ACTIONS)}
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One candidate in a decision's ranking (the contract's ``ranking`` entries)."""
+
+    action: str
+    eligible: bool
+    #: Estimated change in conversion probability against ``none`` (NaN when unknown).
+    uplift: float
+    #: Estimated incremental net value in currency units (NaN when the model gave none).
+    expected_value: float
+    #: Names of the guardrail rules that block the action. An ineligible action with no rule
+    #: here had no usable expected value.
+    blocked_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer for one request."""
+
+    action: str
+    #: Probability that this policy returns ``action`` given the eligible set (for off-policy
+    #: evaluation of the logs).
+    propensity: float
+    #: Every candidate: eligible ones first by expected value (descending; ``none`` first among
+    #: ties at zero, else ``ACTIONS`` order), then the ineligible ones the same way.
+    ranking: tuple[Ranked, ...]
+    #: Whether ``action`` was drawn by exploration rather than chosen greedily.
+    explored: bool
+
+
+def _check_epsilon(epsilon: float) -> float:
+    epsilon = float(epsilon)
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be a probability in [0, 1], got {epsilon}")
+    return epsilon
+
+
+def _as_float(value: object) -> float:
+    """A float, NaN when missing or not a number."""
+    if value is None or isinstance(value, str):
+        return math.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _candidate_set(candidates: Sequence[str]) -> tuple[str, ...]:
+    """Validated candidates in ``ACTIONS`` order, ``none`` always included."""
+    if candidates is ACTIONS:  # the default: skip the checks on the request path
+        return ACTIONS
+    if isinstance(candidates, str):
+        raise TypeError("candidates must be a sequence of action names, not one string")
+    unknown = [c for c in candidates if c not in _ORDER]
+    if unknown:
+        raise ValueError(f"unknown candidate actions {unknown}: expected some of {list(ACTIONS)}")
+    chosen = set(candidates) | {NONE}
+    return tuple(a for a in ACTIONS if a in chosen)
+
+
+def _rank_key(row: Ranked) -> tuple[bool, bool, float, bool, int]:
+    # Eligible first; NaN values last, then by value descending; ``none`` wins ties so that a
+    # zero-valued action never displaces it; then the fixed ACTIONS order (deterministic).
+    value = row.expected_value
+    nan = math.isnan(value)
+    return (not row.eligible, nan, 0.0 if nan else -value, row.action != NONE, _ORDER[row.action])
+
+
+def arbitrate(
+    values: Mapping[str, float],
+    uplifts: Mapping[str, float],
+    blocked: Mapping[str, Sequence[str]],
+    candidates: Sequence[str] = ACTIONS,
+    epsilon: float = 0.0,
+    rng: random.Random | None = None,
+) -> Decision:
+    """Choose an action for one request.
+
+    Args:
+        values: expected value of each action (absent or NaN: the action is ineligible;
+            the value of ``none`` is 0 whatever is given).
+        uplifts: uplift of each action, reported in the ranking only.
+        blocked: rule names blocking each action (``guardrails.evaluate``'s result).
+        candidates: the actions the caller may show; ``none`` is added when absent.
+        epsilon: exploration probability in [0, 1].
+        rng: source of the exploration draw (default: the ``random`` module's generator);
+            not used when ``epsilon`` is 0 or only one action is eligible.
+
+    Raises:
+        ValueError: on an unknown candidate, an epsilon outside [0, 1], or a rule blocking
+            ``none`` (the guardrail loader refuses such rules: it can only be a caller's bug).
+    """
+    epsilon = _check_epsilon(epsilon)
+    if blocked.get(NONE):
+        raise ValueError(f"'none' cannot be blocked, got blocked_by {list(blocked[NONE])}")
+    rows: list[Ranked] = []
+    for action in _candidate_set(candidates):
+        if action == NONE:
+            rows.append(Ranked(NONE, True, 0.0, 0.0, ()))
+            continue
+        value = _as_float(values.get(action))
+        by = tuple(blocked.get(action, ()))
+        eligible = not by and math.isfinite(value)
+        rows.append(Ranked(action, eligible, _as_float(uplifts.get(action)), value, by))
+    ranking = tuple(sorted(rows, key=_rank_key))
+    eligible = [r for r in ranking if r.eligible]
+
+    # ``none`` is eligible with value 0, so the first eligible row is the greedy choice: a
+    # positive-valued action if any, else ``none`` (ties at 0 go to ``none`` by the sort key).
+    greedy, k = eligible[0], len(eligible)
+    if k > 1 and epsilon > 0.0:
+        draw = rng if rng is not None else random
+        if draw.random() < epsilon:
+            explored = draw.choice(eligible[1:])
+            return Decision(explored.action, epsilon / (k - 1), ranking, True)
+    return Decision(greedy.action, 1.0 - epsilon if k > 1 else 1.0, ranking, False)
+
+
+def arbitrate_batch(
+    values: np.ndarray,
+    blocked_mask: np.ndarray,
+    epsilon: float = 0.0,
+    seed: int | np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``arbitrate`` over many rows at once (offline scoring).
+
+    Args:
+        values: ``(n, 4)`` expected values in ``ACTIONS`` order (non-finite: ineligible; the
+            ``none`` column is taken as 0).
+        blocked_mask: ``(n, 4)`` True where an action is blocked. A caller restricting the
+            candidates marks the non-candidates as blocked: both are simply not eligible.
+        epsilon: exploration probability in [0, 1].
+        seed: seed (or generator) of the exploration draws.
+
+    Returns:
+        (chosen action names as an object array, propensities), one per row; the same choice as
+        ``arbitrate`` when ``epsilon`` is 0, and the same distribution otherwise.
+    """
+    epsilon = _check_epsilon(epsilon)
+    values = np.asarray(values, dtype=np.float64)
+    mask = np.asarray(blocked_mask, dtype=bool)
+    if values.ndim != 2 or values.shape[1] != len(ACTIONS) or mask.shape != values.shape:
+        raise ValueError(
+            f"values and blocked_mask must both be (n, {len(ACTIONS)}) in ACTIONS order, got "
+            f"{values.shape} and {mask.shape}"
+        )
+    if mask[:, _NONE_COLUMN].any():
+        raise ValueError("'none' cannot be blocked (blocked_mask has True in its column)")
+    n = len(values)
+    eligible = ~mask & np.isfinite(values)
+    eligible[:, _NONE_COLUMN] = True
+    scored = np.where(eligible, values, -np.inf)
+    scored[:, _NONE_COLUMN] = 0.0
+    # argmax takes the first maximum, i.e. ACTIONS order among ties; a best value <= 0 means
+    # nothing beats ``none`` (ties at 0 go to ``none``, as in ``arbitrate``).
+    best = scored.argmax(axis=1)
+    greedy = np.where(scored[np.arange(n), best] > 0.0, best, _NONE_COLUMN)
+    k = eligible.sum(axis=1)
+    chosen = greedy
+    explored = np.zeros(n, dtype=bool)
+    if epsilon > 0.0 and n:
+        rng = np.random.default_rng(seed)
+        explored = (k > 1) & (rng.random(n) < epsilon)
+        others = eligible.copy()
+        others[np.arange(n), greedy] = False
+        # The pick-th (0-based) other eligible column, uniform over the k - 1 others.
+        pick = np.minimum((rng.random(n) * (k - 1)).astype(np.int64), np.maximum(k - 2, 0))
+        column = (others.cumsum(axis=1) > pick[:, None]).argmax(axis=1)
+        chosen = np.where(explored, column, greedy)
+    propensity = np.where(
+        explored, epsilon / np.maximum(k - 1, 1), np.where(k > 1, 1.0 - epsilon, 1.0)
+    )
+    return np.asarray(ACTIONS, dtype=object)[chosen], propensity
+
+
+def evaluate_batch(
+    rules: guardrails.RuleSet, frame: pd.DataFrame
+) -> tuple[np.ndarray, list[list[tuple[str, ...]]]]:
+    """``guardrails.evaluate`` over every row of ``frame`` (vectorized).
+
+    ``frame`` holds the stored and derived features and any context columns (``promos_7d``,
+    ``apology_budget_left``, ``channel``); a column a rule needs but ``frame`` lacks is missing
+    on every row and fails closed.
+
+    Returns:
+        ``blocked_mask``: ``(n, 4)`` True where an action is blocked (``ACTIONS`` order), and
+        ``blocked_by[i][j]``: the names of the rules blocking ``ACTIONS[j]`` on row ``i``, in file
+        order.
+    """
+    n = len(frame)
+    fired = guardrails.evaluate_frame(rules, frame)
+    mask = np.zeros((n, len(ACTIONS)), dtype=bool)
+    per_action: list[list[tuple[str, ...]]] = []
+    for j, action in enumerate(ACTIONS):
+        names = [rule.name for rule in rules.rules if rule.action == action]
+        if not names or not n:
+            per_action.append([()] * n)
+            continue
+        hits = np.column_stack([fired[name] for name in names])
+        mask[:, j] = hits.any(axis=1)
+        # Few distinct combinations of fired rules exist: number each combination (one bit per
+        # rule, sorting rows would dominate the run time) and build its tuple once, not per row.
+        if len(names) <= 62:
+            codes = hits.astype(np.int64) @ (np.int64(1) << np.arange(len(names), dtype=np.int64))
+            combos, inverse = np.unique(codes, return_inverse=True)
+            hit_sets = [[bool(c >> b & 1) for b in range(len(names))] for c in combos.tolist()]
+        else:
+            combos, inverse = np.unique(hits, axis=0, return_inverse=True)
+            hit_sets = combos.tolist()
+        tuples = [
+            tuple(nm for nm, hit in zip(names, hit_set, strict=True) if hit) for hit_set in hit_sets
+        ]
+        per_action.append([tuples[i] for i in inverse.reshape(-1).tolist()])
+    blocked_by = [list(row) for row in zip(*per_action, strict=True)] if n else []
+    return mask, blocked_by
+
+
+class DailyBudget:
+    """Paces a daily number of apology credits so that one disruption wave cannot spend it all.
+
+    Pacing: at time ``t`` of a UTC day, the credits granted so far that day may not exceed
+
+        allowance(t) = min(per_day, floor(per_day * elapsed(t) / 86400) + burst)
+
+    where ``elapsed(t)`` is the number of seconds since UTC midnight and ``burst`` defaults to
+    one hour's worth, ``ceil(per_day / 24)``. So the budget accrues evenly over the day, a burst
+    can be served at once, and unspent allowance carries over within the day (a quiet morning
+    leaves room for the afternoon). The count resets at UTC midnight.
+
+    Thread-safe; pure apart from its own counter and the injected clock. The count is per
+    process: replicas each pace their own ``per_day``.
+    """
+
+    def __init__(
+        self, per_day: int, clock: Callable[[], datetime], burst: int | None = None
+    ) -> None:
+        if per_day < 0:
+            raise ValueError(f"per_day must be >= 0, got {per_day}")
+        if burst is not None and burst < 0:
+            raise ValueError(f"burst must be >= 0, got {burst}")
+        self.per_day = int(per_day)
+        self.burst = math.ceil(per_day / 24) if burst is None else int(burst)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._day: object = None
+        self._spent = 0
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("DailyBudget's clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    def _roll(self, now: datetime) -> None:
+        """Start a new count when the UTC day changed (caller holds the lock)."""
+        if now.date() != self._day:
+            self._day = now.date()
+            self._spent = 0
+
+    def allowance(self, now: datetime) -> int:
+        """Credits that may have been granted by ``now`` since its UTC midnight."""
+        now = now.astimezone(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        fraction = (now - midnight).total_seconds() / 86_400
+        return min(self.per_day, math.floor(self.per_day * fraction) + self.burst)
+
+    def remaining(self) -> int:
+        """Credits that ``take`` would grant now (the guardrail value ``apology_budget_left``)."""
+        with self._lock:
+            now = self._now()
+            self._roll(now)
+            return max(0, self.allowance(now) - self._spent)
+
+    def take(self) -> bool:
+        """Spend one credit if the pace allows it now; False (nothing spent) otherwise.
+
+        A service reads ``remaining()`` for the guardrails and calls ``take()`` once an apology
+        credit is chosen; False there means a concurrent request took the last one, and the
+        decision must be made again without it.
+        """
+        with self._lock:
+            now = self._now()
+            self._roll(now)
+            if self._spent >= self.allowance(now):
+                return False
+            self._spent += 1
+            return True
+
+    @property
+    def spent(self) -> int:
+        """Credits granted so far in the current (last seen) UTC day."""
+        with self._lock:
+            return self._spent

@@ -14,10 +14,12 @@ $(BIN)/nba: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-## The main job on embedded defaults: simulate a world, build and serve its features.
+## The main job on embedded defaults: simulate a world, build its features (Feast), train,
+## evaluate and register the uplift model (MLflow, champion).
 demo: $(BIN)/nba
 	$(BIN)/nba simulate --out $(DATA) --customers $(CUSTOMERS) --seed 7
 	$(BIN)/nba features --raw $(DATA)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/nba train --raw $(DATA) --force
 
 ## The test suite (what CI runs). Tests needing Redis/PostgreSQL skip when those are absent,
 ## unless NBA_REQUIRE_SERVICES=1.

@@ -475,3 +475,30 @@ def build_feature_table(
         raw, feature_points(raw, as_of), base_currency=base_currency, fx_rates=fx_rates
     )
     return table.sort_values([schema.ENTITY, schema.EVENT_TIMESTAMP], ignore_index=True)
+
+
+def count_in_window(
+    event_ids: pd.Series,
+    event_times: pd.Series,
+    query_ids: pd.Series,
+    query_times: pd.Series,
+    days: int,
+) -> np.ndarray:
+    """For each query (id, t): the events of the same id in ``[t - days, t)``.
+
+    Ids are any hashable keys (customer ids); times tz-aware. Used for decision-history
+    features such as "promos in the last 7 days".
+    """
+    keys = pd.Index(pd.unique(pd.concat([pd.Series(event_ids), pd.Series(query_ids)])))
+    e_codes = keys.get_indexer(event_ids).astype(np.int64)
+    q_codes = keys.get_indexer(query_ids).astype(np.int64)
+    e_ms, q_ms = _ms(event_times), _ms(query_times)
+    if len(q_ms) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = min(int(q_ms.min()), int(e_ms.min()) if len(e_ms) else int(q_ms.min()))
+    lo -= (days + 1) * _MS_PER_DAY
+    hi = max(int(q_ms.max()), int(e_ms.max()) if len(e_ms) else int(q_ms.max())) + 1
+    clock = _Clock(t0=lo, span=hi - lo + 1)
+    if clock.span * max(len(keys), 1) >= _KEY_LIMIT:
+        raise ValueError("too many ids over too long a period for one window count")
+    return _Timeline(clock, e_codes, e_ms).count_in(q_codes, q_ms, days)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -37,6 +37,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+#: The contract's actions, in display order.
+ACTION_NAMES = ("promo", "apology_credit", "recognition", "none")
+
+#: Environment switches that turn off the usage telemetry of MLflow, Feast, BentoML, Evidently.
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "FEAST_USAGE": "False",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "DO_NOT_TRACK": "1",
+}
 
 
 class CliError(Exception):
@@ -183,6 +194,243 @@ def features(
     _print_summary(settings, table, snapshot)
 
 
+@app.command()
+def train(
+    raw: Annotated[Path, typer.Option("--raw", help="Folder of raw tables (the contract).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Make this model champion without the gate.")
+    ] = False,
+    method: Annotated[str, typer.Option(help="Meta-learner: dr (doubly robust) or t.")] = "t",
+    n_estimators: Annotated[int, typer.Option(min=1, help="Trees per LightGBM model.")] = 300,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="LightGBM learning rate.")] = 0.05,
+    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM leaves per tree.")] = 7,
+    min_child_samples: Annotated[
+        int, typer.Option(min=1, help="LightGBM minimum rows per leaf.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train and evaluate on DIR's decisions, log to MLflow, register, gate the champion."""
+    from features.contract import load_raw
+    from features.store import FeastAdapter
+    from training.pipeline import run_training
+    from training.tracking import Tracker
+
+    settings = load_settings()
+    if method not in ("dr", "t"):
+        raise CliError(f"--method: {method!r} is not one of dr, t")
+    if not raw.is_dir():
+        raise CliError(f"--raw: {raw} is not a folder")
+    params = {
+        "method": method,
+        "n_estimators": n_estimators,
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_child_samples": min_child_samples,
+        "random_state": seed,
+        "n_jobs": -1,
+    }
+    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    tracker = Tracker(
+        settings.mlflow_tracking_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        experiment=settings.mlflow_experiment,
+    )
+    with Stages("training", total=5) as stage:
+        stage(f"validating {raw}")
+        world = load_raw(raw)
+        result = run_training(
+            world, adapter.historical, tracker, params, force=force, stage=stage, source=str(raw)
+        )
+    _print_evaluation(result)
+
+
+def _print_evaluation(result: Any) -> None:
+    ev = result.evaluation
+    out = Console()
+    uplift = Table(title=f"uplift ranking on randomized held-out decisions ({result.test_rows:,})")
+    for col in ("action", "rows", "Qini", "AUUC", "uplift@30%"):
+        uplift.add_column(col, justify="right" if col != "action" else "left")
+    for action, row in ev.uplift_table.iterrows():
+        uplift.add_row(str(action), f"{int(row['rows']):,}", f"{row['qini']:.3f}",
+                       f"{row['auuc']:.3f}", f"{row['uplift_at_30']:.3f}")  # fmt: skip
+    out.print(uplift)
+    table = Table(title="policy value per decision (net, currency units), held-out decisions")
+    cols = ["policy", "IPW", "SNIPW", "DR", "DR s.e."]
+    has_truth = "true" in ev.policy_table.columns
+    if has_truth:
+        cols.append("true")
+    for col in cols:
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, row in ev.policy_table.iterrows():
+        cells = [str(name), f"{row['ipw']:.2f}", f"{row['snipw']:.2f}", f"{row['dr']:.2f}",
+                 f"{row['dr_se']:.2f}"]  # fmt: skip
+        if has_truth:
+            cells.append(f"{row['true']:.2f}")
+        table.add_row(*cells)
+    out.print(table)
+    if has_truth:
+        share = ev.metrics["oracle_share_captured"]
+        out.print(f"share of the oracle's incremental value captured (true): {share:.1%}")
+    mix = ", ".join(f"{a} {ev.metrics[f'share_chosen_{a}']:.0%}" for a in ACTION_NAMES)
+    out.print(f"learned policy's action mix: {mix}")
+    gate = result.gate
+    verdict = "[green]promoted to champion[/]" if gate.promoted else "[yellow]not promoted[/]"
+    out.print(f"nba-uplift version {result.version}: {verdict} ({gate.reason})")
+
+
+@app.command()
+def models() -> None:
+    """Registered versions, their metrics, and which one is champion."""
+    from training.tracking import Tracker
+
+    settings = load_settings()
+    tracker = Tracker(
+        settings.mlflow_tracking_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        experiment=settings.mlflow_experiment,
+    )
+    versions = tracker.versions()
+    if not versions:
+        raise CliError("no registered model yet: run `nba train --raw DIR --force` first")
+    table = Table(title=f"registered versions of {tracker.model_name}")
+    for col in ("version", "created (UTC)", "aliases", "DR value", "true value", "oracle share",
+                "Qini promo", "gate"):  # fmt: skip
+        table.add_column(col)
+    for v in versions:
+        m = v.metrics
+        table.add_row(
+            str(v.version),
+            v.created.strftime("%Y-%m-%d %H:%M"),
+            ", ".join(v.aliases) or "-",
+            _fmt(m.get("value_dr_learned")),
+            _fmt(m.get("value_true_learned")),
+            _fmt(m.get("oracle_share_captured"), pct=True),
+            _fmt(m.get("qini_promo"), digits=3),
+            v.tags.get("gate.reason", "-"),
+        )
+    Console().print(table)
+
+
+def _fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:.1%}" if pct else f"{value:.{digits}f}"
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV or Parquet file (by extension)."""
+    if not path.is_file():
+        raise CliError(f"{what}: {path} is not a file")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"customer_id": str, "decision_id": str})
+    raise CliError(f"{what}: {path} must end in .csv or .parquet")
+
+
+@app.command()
+def score(
+    actions: Annotated[
+        Path, typer.Option("--actions", help="Rows customer_id, decided_at[, decision_id].")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
+    history: Annotated[
+        Path | None,
+        typer.Option(help="A decision log (actions table) for the promo frequency cap."),
+    ] = None,
+) -> None:
+    """Offline decisions with point-in-time features, the champion model and the live policy."""
+    from features.store import FeastAdapter
+    from serving.guardrails import load_rules
+    from serving.score import read_requests
+    from serving.score import score as run_score
+    from training.dataset import entity_frame_of
+    from training.tracking import Tracker
+
+    settings = load_settings()
+    if out.suffix not in (".csv", ".parquet"):
+        raise CliError(f"--out: {out} must end in .csv or .parquet")
+    requests = read_requests(_read_table(actions, "--actions"))
+    past = None
+    if history is not None:
+        past = read_requests(_read_table(history, "--history"))
+        if "action" not in past.columns:
+            raise CliError("--history: needs an action column (the raw actions table)")
+    rules = load_rules(settings.guardrails)
+    tracker = Tracker(
+        settings.mlflow_tracking_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        experiment=settings.mlflow_experiment,
+    )
+    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    with Stages("scoring", total=3) as stage:
+        stage("loading the champion model")
+        model = tracker.load()
+        stage(f"retrieving features at {len(requests):,} rows (Feast, point in time)")
+        stored = adapter.historical(entity_frame_of(requests))
+        stage("deciding")
+        result = run_score(model, rules, requests, stored, history=past)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        result.to_parquet(out, index=False)
+    else:
+        result.to_csv(out, index=False)
+    mix = result["action"].value_counts(normalize=True)
+    shares = ", ".join(f"{a} {mix.get(a, 0.0):.0%}" for a in ACTION_NAMES)
+    Console().print(f"{len(result):,} decisions written to {out}: {shares}")
+    unknown = int((~result["features_found"]).sum())
+    if unknown:
+        console.print(f"{unknown:,} rows had no features (unknown customers): decided on defaults")
+
+
+benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("hillstrom")
+def benchmark_hillstrom(
+    data: Annotated[Path, typer.Option("--data", help="The Hillstrom MineThatData CSV.")],
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated split seeds; the first is the headline split.")
+    ] = "42,0,1,2,3",
+    peers: Annotated[
+        bool, typer.Option(help="Also run scikit-uplift and causalml (the `bench` extra).")
+    ] = True,
+) -> None:
+    """Our estimator beside scikit-uplift and causalml on Hillstrom (visit, 70/30 split)."""
+    from training.hillstrom import run as run_hillstrom
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CliError(f"--seeds: {seeds!r} is not a comma-separated list of integers") from exc
+    if not data.is_file():
+        raise CliError(f"--data: {data} is not a file")
+    with console.status("[bold]Hillstrom benchmark[/]…", spinner="dots") as status:
+        table = run_hillstrom(
+            data, seeds=seed_list, peers=peers, progress=lambda label: status.update(label)
+        )
+    out = Table(
+        title=f"Hillstrom (visit): seed {seed_list[0]} split, and mean over seeds {seed_list}"
+    )
+    for col in ("learner", "Qini W", "Qini M", "IPW 3-arm", "Qini W mean", "Qini M mean",
+                "IPW mean", "s/fit", "note"):  # fmt: skip
+        out.add_column(col)
+    for _, row in table.iterrows():
+        out.add_row(
+            str(row["learner"]),
+            _fmt(row.get("qini_womens"), 3),
+            _fmt(row.get("qini_mens"), 3),
+            _fmt(row.get("ipw_value_3arm"), 4),
+            _fmt(row.get("qini_womens_mean"), 3),
+            _fmt(row.get("qini_mens_mean"), 3),
+            _fmt(row.get("ipw_value_3arm_mean"), 4),
+            _fmt(row.get("seconds"), 1),
+            str(row.get("error") or ""),
+        )
+    Console().print(out)
+
+
 def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timestamp) -> None:
     from features import schema
 
@@ -208,6 +456,9 @@ def main() -> None:
     """
     from features.contract import ContractError
 
+    # No usage telemetry from the libraries: this service runs inside brands' networks.
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
     try:
         app()
     except (CliError, ContractError, ValueError, FileNotFoundError, PermissionError) as exc:

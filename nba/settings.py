@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         description="Where MLflow keeps run artifacts (models, plots) for new experiments.",
     )
     mlflow_experiment: str = Field(default="nba-uplift", description="MLflow experiment name.")
+    guardrails: Path = Field(
+        default=PROJECT_ROOT / "serving" / "guardrails.yaml",
+        description="The guardrail rules file (thresholds are set here, never by a request).",
+    )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )

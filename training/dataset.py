@@ -56,10 +56,15 @@ class TrainingSet:
 
 def entity_frame(raw: RawData) -> pd.DataFrame:
     """The entity rows for point-in-time retrieval: each decision's customer and time."""
+    return entity_frame_of(raw.actions)
+
+
+def entity_frame_of(decisions: pd.DataFrame) -> pd.DataFrame:
+    """Entity rows (``customer_id``, ``event_timestamp``) of a frame with ``decided_at``."""
     return pd.DataFrame(
         {
-            schema.ENTITY: raw.actions["customer_id"].to_numpy(object),
-            schema.EVENT_TIMESTAMP: raw.actions["decided_at"].to_numpy(),
+            schema.ENTITY: decisions["customer_id"].to_numpy(object),
+            schema.EVENT_TIMESTAMP: decisions["decided_at"].to_numpy(),
         }
     ).astype({schema.EVENT_TIMESTAMP: "datetime64[ns, UTC]"})
 

@@ -1,0 +1,108 @@
+"""Offline decisions (``nba score``): the live policy applied to given (customer, time) rows.
+
+Point-in-time features in, the same value model, guardrails and arbitration as the service out,
+vectorized over the whole file. No I/O here: the command reads and writes the files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import count_in_window
+from features.derive import derive_features
+from serving.guardrails import RuleSet
+from serving.policy import ACTIONS, arbitrate_batch, evaluate_batch
+from training.value import ActionCosts, expected_value
+
+#: Offline there is no live budget to pace: the apology budget never binds in a backtest.
+UNLIMITED_BUDGET = 10**9
+
+
+def read_requests(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check and normalise the rows to score: ``customer_id``, ``decided_at`` (tz-aware), and an
+    optional ``decision_id`` (made up as ``s-<row>`` when absent) and ``channel``."""
+    missing = [c for c in ("customer_id", "decided_at") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"actions file: missing columns {missing} (need customer_id, decided_at)")
+    out = frame.copy()
+    if out["customer_id"].isna().any():
+        rows = (np.flatnonzero(out["customer_id"].isna().to_numpy()) + 1)[:5].tolist()
+        raise ValueError(f"actions file: customer_id is empty on rows {rows}")
+    out["customer_id"] = out["customer_id"].astype(str)
+    stamps = pd.to_datetime(out["decided_at"], errors="coerce", format="ISO8601", utc=False)
+    if stamps.isna().any():
+        rows = (np.flatnonzero(stamps.isna().to_numpy()) + 1)[:5].tolist()
+        raise ValueError(f"actions file: decided_at is not an ISO 8601 timestamp on rows {rows}")
+    if getattr(stamps.dt, "tz", None) is None:
+        raise ValueError("actions file: decided_at needs a UTC offset or Z (timezone-aware)")
+    out["decided_at"] = stamps.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if "decision_id" not in out.columns:
+        out["decision_id"] = [f"s-{i}" for i in range(len(out))]
+    return out
+
+
+def promos_in_last_7_days(requests: pd.DataFrame, history: pd.DataFrame | None) -> np.ndarray:
+    """Promos decided for each customer in the 7 days before each request, from a decision log
+    (the raw ``actions`` table); 0 without one."""
+    if history is None or len(history) == 0:
+        return np.zeros(len(requests), dtype=np.int64)
+    promos = history[history["action"] == "promo"]
+    return count_in_window(
+        promos["customer_id"], promos["decided_at"], requests["customer_id"],
+        requests["decided_at"], 7,
+    )  # fmt: skip
+
+
+def score(
+    model: Any,
+    rules: RuleSet,
+    requests: pd.DataFrame,
+    stored: pd.DataFrame,
+    *,
+    history: pd.DataFrame | None = None,
+    costs: ActionCosts | None = None,
+) -> pd.DataFrame:
+    """Per-action uplift and expected value, guardrails, and the chosen action per request.
+
+    ``stored`` holds the ``schema.STORED`` features of each request row (point in time). A row
+    without features (an unknown customer) is decided on defaults with guardrails applied,
+    which fail closed.
+    """
+    costs = costs or ActionCosts()
+    features = derive_features(stored.reset_index(drop=True), requests["decided_at"])
+    X = features[list(model.feature_names_)].astype(np.float64)
+    effects = model.predict_effects(X)
+    ev = expected_value(effects, model.actions_, costs)
+    values = np.zeros((len(X), len(ACTIONS)))
+    uplift = np.zeros((len(X), len(ACTIONS)))
+    for j, action in enumerate(model.actions_):
+        values[:, ACTIONS.index(action)] = ev[:, j]
+        uplift[:, ACTIONS.index(action)] = effects["converted"][:, j]
+
+    context = features.assign(
+        channel=requests["channel"].to_numpy(object) if "channel" in requests else None,
+        promos_7d=promos_in_last_7_days(requests, history),
+        apology_budget_left=UNLIMITED_BUDGET,
+    )
+    mask, blocked_by = evaluate_batch(rules, context)
+    chosen, propensity = arbitrate_batch(values, mask)
+
+    out = pd.DataFrame(
+        {
+            "decision_id": requests["decision_id"].to_numpy(object),
+            "customer_id": requests["customer_id"].to_numpy(object),
+            "decided_at": requests["decided_at"].to_numpy(),
+            "action": chosen,
+            "propensity": propensity,
+        }
+    )
+    for j, action in enumerate(ACTIONS):
+        out[f"uplift_{action}"] = uplift[:, j]
+        out[f"value_{action}"] = values[:, j]
+        out[f"eligible_{action}"] = ~mask[:, j]
+        out[f"blocked_by_{action}"] = [";".join(rows[j]) for rows in blocked_by]
+    out["features_found"] = stored["marketing_opt_in"].notna().to_numpy()
+    return out

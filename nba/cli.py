@@ -200,13 +200,15 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Make this model champion without the gate.")
     ] = False,
-    method: Annotated[str, typer.Option(help="Meta-learner: dr (doubly robust) or t.")] = "t",
+    method: Annotated[
+        str, typer.Option(help="Meta-learner: s (S-learner), t (T-learner) or dr (doubly robust).")
+    ] = "s",
     n_estimators: Annotated[int, typer.Option(min=1, help="Trees per LightGBM model.")] = 300,
     learning_rate: Annotated[float, typer.Option(min=0.0, help="LightGBM learning rate.")] = 0.05,
-    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM leaves per tree.")] = 7,
+    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM leaves per tree.")] = 15,
     min_child_samples: Annotated[
         int, typer.Option(min=1, help="LightGBM minimum rows per leaf.")
-    ] = 1000,
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train and evaluate on DIR's decisions, log to MLflow, register, gate the champion."""
@@ -216,8 +218,8 @@ def train(
     from training.tracking import Tracker
 
     settings = load_settings()
-    if method not in ("dr", "t"):
-        raise CliError(f"--method: {method!r} is not one of dr, t")
+    if method not in ("s", "t", "dr"):
+        raise CliError(f"--method: {method!r} is not one of s, t, dr")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
     params = {

@@ -55,11 +55,15 @@ def feature_importance(model: Any, top: int = 20) -> Any:
     """Total gain of each feature over the conversion-uplift models of every action."""
     plt = _pyplot()
     gain: dict[str, float] = {}
+    seen: set[int] = set()
     for (_, outcome), booster in model.models_.items():
-        if outcome != "converted":
+        # An S-learner shares one booster between actions: count it once.
+        if outcome != "converted" or id(booster) in seen:
             continue
+        seen.add(id(booster))
+        # The booster's own names: an S-learner's include its action columns.
         for name, value in zip(
-            model.feature_names_, booster.feature_importance("gain"), strict=True
+            booster.feature_name(), booster.feature_importance("gain"), strict=True
         ):
             gain[name] = gain.get(name, 0.0) + float(value)
     ranked = sorted(gain.items(), key=lambda kv: kv[1], reverse=True)[:top]

@@ -25,6 +25,16 @@ Methods
     is regressed on ``X`` (one LightGBM regressor per action and outcome). Its mean is unbiased
     for the effect when *either* the ``mu`` models or the propensities are right.
 
+``"s"`` (S-learner with structural revenue)
+    One propensity-weighted model per binary outcome (converted, unsubscribed) on *all* rows,
+    with the action as one-hot input columns: ``uplift_a = mu(x, a) - mu(x, control)``. The
+    baseline is learned once from every arm (four times the data of a per-arm model), and trees
+    only split on the action where the data show an effect, so noise in small arms does not turn
+    into spurious uplift. Revenue is modelled structurally: an action changes *whether* a
+    customer books, not the fare, so ``revenue uplift = conversion uplift * fare(x)``, with
+    ``fare(x)`` regressed on the converted rows of all arms. Measured on simulated worlds, this
+    captured far more of the oracle's value than ``"t"`` or ``"dr"`` (see the issue notes).
+
 Which propensities the pseudo-outcome needs
 -------------------------------------------
 ``p_a`` is multiplied by ``1[A=a]`` and ``p_c`` by ``1[A=c]``: the pseudo-outcome divides by a
@@ -62,7 +72,7 @@ OUTCOMES: Final[tuple[str, ...]] = ("converted", "revenue", "unsubscribed")
 BINARY_OUTCOMES: Final[frozenset[str]] = frozenset({"converted", "unsubscribed"})
 #: Fewest logged rows an arm (an action or the control) needs to be modelled at all.
 MIN_ARM_ROWS: Final = 50
-METHODS: Final[tuple[str, ...]] = ("t", "dr")
+METHODS: Final[tuple[str, ...]] = ("s", "t", "dr")
 #: Relative tolerance between a logged propensity and the full distribution's value (logs may
 #: store rounded propensities, e.g. 0.3333 for 1/3).
 PROPENSITY_RTOL: Final = 1e-3
@@ -125,7 +135,7 @@ class MultiActionUplift(BaseEstimator):
 
     def __init__(
         self,
-        method: str = "dr",
+        method: str = "s",
         actions: tuple[str, ...] = ("promo", "apology_credit", "recognition"),
         control: str = "none",
         n_folds: int = 2,
@@ -202,6 +212,9 @@ class MultiActionUplift(BaseEstimator):
         models: dict[tuple[str, str], lgb.Booster] = {}
         base: dict[str, lgb.Booster] = {}
         control_rows = np.flatnonzero(codes == len(arms) - 1)
+        if self.method == "s":
+            self._fit_s(X_arr, names, codes, y, weight, arms)
+            return self._finish_fit(arms, names, counts, low_overlap)
         if self.method == "t":
             tasks = [
                 self._task(models, (a, o), reference, X_arr, rows, y[o], weight, _objective(o))
@@ -239,16 +252,62 @@ class MultiActionUplift(BaseEstimator):
                     )
             self._run(tasks)
 
+        self.models_ = {(a, o): models[(a, o)] for a in arms[:-1] for o in OUTCOMES}
+        self.base_models_ = {o: base[o] for o in OUTCOMES if o in base}
+        return self._finish_fit(arms, names, counts, low_overlap)
+
+    def _finish_fit(
+        self,
+        arms: tuple[str, ...],
+        names: list[str],
+        counts: Array,
+        low_overlap: dict[str, float] | None,
+    ) -> MultiActionUplift:
         self.actions_ = tuple(self.actions)
         self.control_ = self.control
         self.arms_ = arms
         self.feature_names_ = names
         self.n_features_in_ = len(names)
-        self.models_ = {(a, o): models[(a, o)] for a in arms[:-1] for o in OUTCOMES}
-        self.base_models_ = {o: base[o] for o in OUTCOMES if o in base}
         self.arm_counts_ = dict(zip(arms, counts.tolist(), strict=True))
         self.low_overlap_share_ = low_overlap
         return self
+
+    def _fit_s(
+        self,
+        X: Array,
+        names: list[str],
+        codes: Array,
+        y: dict[str, Array],
+        weight: Array,
+        arms: tuple[str, ...],
+    ) -> None:
+        """The S-learner: one model per binary outcome over all rows, the action as input."""
+        design = _with_action(X, codes, len(arms) - 1)
+        s_names = [*names, *(f"action_{a}" for a in arms[:-1])]
+        reference = lgb.Dataset(
+            design, feature_name=_lgb_names(s_names), params=self._dataset_params()
+        ).construct()
+        models: dict[str, lgb.Booster] = {}
+        converted = np.flatnonzero(y["converted"] > 0)
+        fare_reference = lgb.Dataset(
+            X, feature_name=_lgb_names(names), params=self._dataset_params()
+        ).construct()
+        tasks = [
+            self._task(models, o, reference, design, None, y[o], weight, "binary")
+            for o in ("converted", "unsubscribed")
+        ]
+        tasks.append(
+            self._task(
+                models, "fare", fare_reference, X, converted, y["revenue"], weight, "regression"
+            )
+        )
+        self._run(tasks)
+        # The same boosters answer for every action (the action is an input); models_ keeps its
+        # (action, outcome) keys so that callers need not know the method.
+        self.models_ = {
+            (a, o): models["fare" if o == "revenue" else o] for a in arms[:-1] for o in OUTCOMES
+        }
+        self.base_models_ = {"converted": models["converted"], "fare": models["fare"]}
 
     def _cross_fit_tasks(
         self,
@@ -400,6 +459,8 @@ class MultiActionUplift(BaseEstimator):
         """
         check_is_fitted(self, "models_")
         X_arr = self._matrix(X)
+        if self.method == "s":
+            return self._predict_s(X_arr)["converted"]
         base = _predict(self.base_models_["converted"], X_arr) if self.method == "t" else None
         return np.column_stack(
             [self._uplift(a, "converted", X_arr, base) for a in self.actions_]
@@ -415,6 +476,8 @@ class MultiActionUplift(BaseEstimator):
         """
         check_is_fitted(self, "models_")
         X_arr = self._matrix(X)
+        if self.method == "s":
+            return self._predict_s(X_arr)
         n, k = len(X_arr), len(self.actions_)
         base = {o: _predict(booster, X_arr) for o, booster in self.base_models_.items()}
         out: dict[str, Array] = {}
@@ -424,6 +487,24 @@ class MultiActionUplift(BaseEstimator):
             ).reshape(n, k)
         out["base_converted"] = base["converted"]
         out["base_revenue"] = base["revenue"]
+        return out
+
+    def _predict_s(self, X: Array) -> dict[str, Array]:
+        """``predict_effects`` of the S-learner: each action's prediction against the control's
+        on the same rows (one stacked call per model: 4 copies of X, one per arm)."""
+        n, k = len(X), len(self.actions_)
+        stacked = np.vstack([_with_action(X, np.full(n, j), k) for j in range(k + 1)])
+        out: dict[str, Array] = {}
+        for o in ("converted", "unsubscribed"):
+            booster = self.models_[(self.actions_[0], o)]
+            p = _predict(booster, stacked).reshape(k + 1, n)
+            out[o] = (p[:k] - p[k]).T
+            if o == "converted":
+                base_converted = p[k]
+        fare = np.maximum(_predict(self.base_models_["fare"], X), 0.0)
+        out["revenue"] = out["converted"] * fare[:, None]
+        out["base_converted"] = base_converted
+        out["base_revenue"] = base_converted * fare
         return out
 
     def _uplift(self, action: str, outcome: str, X: Array, base: Array | None) -> Array:
@@ -456,6 +537,22 @@ class MultiActionUplift(BaseEstimator):
                 f"contributions explains one row, got {len(X_arr)}: pass X.iloc[[i]] for row i"
             )
         rows = []
+        if self.method == "s":
+            k = len(self.actions_)
+            booster = self.models_[(self.actions_[0], "converted")]
+            control = booster.predict(_with_action(X_arr, np.array([k]), k), pred_contrib=True,
+                                      num_threads=1)  # fmt: skip
+            for j in range(k):
+                contrib = booster.predict(_with_action(X_arr, np.array([j]), k),
+                                          pred_contrib=True, num_threads=1)  # fmt: skip
+                # Drop the action columns: their difference is the action's own effect, kept in
+                # "bias" so that the row still sums to the log-odds uplift.
+                diff = (contrib - control)[0]
+                features, action_part = diff[: len(self.feature_names_)], diff[-(k + 1) : -1]
+                rows.append(np.r_[features, diff[-1] + action_part.sum()])
+            return pd.DataFrame(
+                np.vstack(rows), index=list(self.actions_), columns=[*self.feature_names_, "bias"]
+            )
         for a in self.actions_:
             contrib = self.models_[(a, "converted")].predict(
                 X_arr, pred_contrib=True, num_threads=1
@@ -497,6 +594,14 @@ class MultiActionUplift(BaseEstimator):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _with_action(X: Array, codes: Array, n_actions: int) -> Array:
+    """``X`` with one-hot columns for the actions (the control, code ``n_actions``, is all 0)."""
+    onehot = (np.asarray(codes)[:, None] == np.arange(n_actions)[None, :]).astype(np.float64)
+    if len(onehot) == 1 and len(X) > 1:
+        onehot = np.repeat(onehot, len(X), axis=0)
+    return np.hstack([X, onehot])
 
 
 def _objective(outcome: str) -> str:

@@ -310,7 +310,12 @@ def models() -> None:
             _fmt(m.get("qini_promo"), digits=3),
             v.tags.get("gate.reason", "-"),
         )
-    Console().print(table)
+    _wide().print(table)
+
+
+def _wide() -> Console:
+    """A console wide enough for our tables whatever the terminal (CI logs have no width)."""
+    return Console(width=max(Console().width, 160))
 
 
 def _fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
@@ -430,7 +435,7 @@ def benchmark_hillstrom(
             _fmt(row.get("seconds"), 1),
             str(row.get("error") or ""),
         )
-    Console().print(out)
+    _wide().print(out)
 
 
 def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timestamp) -> None:

@@ -241,7 +241,14 @@ def train(
         stage(f"validating {raw}")
         world = load_raw(raw)
         result = run_training(
-            world, adapter.historical, tracker, params, force=force, stage=stage, source=str(raw)
+            world,
+            adapter.historical,
+            tracker,
+            params,
+            costs=settings.action_costs(),
+            force=force,
+            stage=stage,
+            source=str(raw),
         )
     _print_evaluation(result)
 
@@ -376,7 +383,9 @@ def score(
         stage(f"retrieving features at {len(requests):,} rows (Feast, point in time)")
         stored = adapter.historical(entity_frame_of(requests))
         stage("deciding")
-        result = run_score(model, rules, requests, stored, history=past)
+        result = run_score(
+            model, rules, requests, stored, history=past, costs=settings.action_costs()
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         result.to_parquet(out, index=False)
@@ -462,13 +471,21 @@ def main() -> None:
     itself; errors raised by the work (invalid raw data, bad values) are caught here.
     """
     from features.contract import ContractError
+    from training.tracking import ModelNotAvailableError
 
     # No usage telemetry from the libraries: this service runs inside brands' networks.
     for name, value in TELEMETRY_OFF.items():
         os.environ.setdefault(name, value)
     try:
         app()
-    except (CliError, ContractError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (
+        CliError,
+        ContractError,
+        ModelNotAvailableError,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+    ) as exc:
         if os.environ.get("NBA_DEBUG"):
             raise
         # The message quotes offending values from the data: print them verbatim (no markup).

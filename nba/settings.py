@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training.value import ActionCosts
+
 #: The project checkout (the folder holding ``pyproject.toml``); defaults are relative to it so
 #: that the commands work from any working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +56,14 @@ class Settings(BaseSettings):
         description="Where MLflow keeps run artifacts (models, plots) for new experiments.",
     )
     mlflow_experiment: str = Field(default="nba-uplift", description="MLflow experiment name.")
+    cost_promo_fare_share: float = Field(
+        default=0.08, ge=0, le=1, description="Promo discount, share of the fare on conversion."
+    )
+    cost_apology_credit: float = Field(default=50.0, ge=0, description="Apology credit amount.")
+    cost_recognition: float = Field(default=2.0, ge=0, description="Cost of a recognition.")
+    cost_unsubscribe: float = Field(
+        default=30.0, ge=0, description="Value of a customer's future marketing, lost on opt-out."
+    )
     guardrails: Path = Field(
         default=PROJECT_ROOT / "serving" / "guardrails.yaml",
         description="The guardrail rules file (thresholds are set here, never by a request).",
@@ -66,6 +76,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str | None) -> str | None:
         return value.upper() if value else None
+
+    def action_costs(self) -> ActionCosts:
+        """The value model's costs (raw-data contract defaults unless configured)."""
+        return ActionCosts(
+            promo_fare_share=self.cost_promo_fare_share,
+            apology_credit=self.cost_apology_credit,
+            recognition=self.cost_recognition,
+            unsubscribe=self.cost_unsubscribe,
+        )
 
     @property
     def feature_data_dir(self) -> Path:

@@ -32,13 +32,24 @@ def read_requests(frame: pd.DataFrame) -> pd.DataFrame:
         rows = (np.flatnonzero(out["customer_id"].isna().to_numpy()) + 1)[:5].tolist()
         raise ValueError(f"actions file: customer_id is empty on rows {rows}")
     out["customer_id"] = out["customer_id"].astype(str)
-    stamps = pd.to_datetime(out["decided_at"], errors="coerce", format="ISO8601", utc=False)
-    if stamps.isna().any():
-        rows = (np.flatnonzero(stamps.isna().to_numpy()) + 1)[:5].tolist()
-        raise ValueError(f"actions file: decided_at is not an ISO 8601 timestamp on rows {rows}")
-    if getattr(stamps.dt, "tz", None) is None:
-        raise ValueError("actions file: decided_at needs a UTC offset or Z (timezone-aware)")
-    out["decided_at"] = stamps.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    raw = out["decided_at"]
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        if getattr(raw.dt, "tz", None) is None:
+            raise ValueError("actions file: decided_at needs a UTC offset or Z (timezone-aware)")
+        stamps = raw.dt.tz_convert("UTC")
+    else:
+        text = raw.astype(str).str.strip()
+        # Offsets may differ from row to row (Z, +02:00): each must be present.
+        naive = ~text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+        stamps = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        bad = stamps.isna() | naive
+        if bad.any():
+            rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
+            raise ValueError(
+                f"actions file: decided_at must be an ISO 8601 timestamp with a UTC offset or Z; "
+                f"rows {rows} are not"
+            )
+    out["decided_at"] = stamps.astype("datetime64[ns, UTC]")
     if "decision_id" not in out.columns:
         out["decision_id"] = [f"s-{i}" for i in range(len(out))]
     return out

@@ -101,8 +101,14 @@ def run_training(
     champion_info = tracker.champion()
     champion_value = None
     if champion_info is not None:
-        champion = tracker.load(champion_info.version)
-        champion_value = champion_dr_value(champion, test, reward_model.predict(test.X), costs)
+        try:
+            champion = tracker.load(champion_info.version)
+            champion_value = champion_dr_value(champion, test, reward_model.predict(test.X), costs)
+        except Exception:
+            # Without --force an unusable champion is an error that says what to do; with
+            # --force the new model replaces it, which is the way out.
+            if not force:
+                raise
 
     stage("logging to MLflow and registering")
     with tracker.start_run(run_name=f"{params.get('method', 'dr')}-{len(train)}") as run_id:

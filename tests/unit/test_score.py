@@ -56,6 +56,11 @@ def test_requests_are_checked() -> None:
         read_requests(pd.DataFrame({"customer_id": ["C1"]}))
     with pytest.raises(ValueError, match="UTC offset"):
         read_requests(pd.DataFrame({"customer_id": ["C1"], "decided_at": ["2026-01-01T00:00"]}))
+    mixed = read_requests(
+        pd.DataFrame({"customer_id": ["C1", "C2"],
+                      "decided_at": ["2026-01-01T00:00Z", "2026-01-01T02:00+02:00"]})
+    )  # fmt: skip
+    assert mixed.decided_at.nunique() == 1
     with pytest.raises(ValueError, match="rows \\[2\\]"):
         read_requests(pd.DataFrame({"customer_id": ["C1", "C2"],
                                     "decided_at": ["2026-01-01T00:00Z", "soon"]}))  # fmt: skip

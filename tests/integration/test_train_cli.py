@@ -1,0 +1,115 @@
+"""`nba train` and `nba models` through the real commands, Feast store and MLflow registry:
+the first model needs --force; worse parameters do not take champion, better ones do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+END = "2026-11-01T00:00:00Z"
+GOOD = ["--n-estimators", "150"]
+#: Worse parameters: deep trees on tiny leaves with a large step chase the outcome noise.
+POOR = ["--n-estimators", "200", "--num-leaves", "127", "--min-child-samples", "5",
+        "--learning-rate", "0.3"]  # fmt: skip
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nba.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **env},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory,
+    feature_repo_copier: Callable[[Path, str], Path],
+) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("train")
+    repo = feature_repo_copier(root / "repo", "nba")
+    env = {
+        "NBA_FEATURE_REPO": str(repo),
+        "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "NBA_MLFLOW_ARTIFACT_LOCATION": str(root / "artifacts"),
+        "RAW": str(root / "raw"),
+    }
+    sim = run("simulate", "--out", env["RAW"], "--customers", "6000", "--seed", "3",
+              "--end", END, env=env)  # fmt: skip
+    assert sim.returncode == 0, sim.stderr
+    feats = run("features", "--raw", env["RAW"], "--as-of", END, env=env)
+    assert feats.returncode == 0, feats.stderr
+    return env
+
+
+def test_models_before_training_is_a_clear_error(env: dict[str, str]) -> None:
+    result = run("models", env=env)
+    assert result.returncode == 2 and "nba train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_score_without_a_champion_is_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("customer_id,decided_at\nC0000001,2026-10-01T00:00:00Z\n")
+    result = run("score", "--actions", str(rows), "--out", str(tmp_path / "out.csv"), env=env)
+    assert result.returncode == 2 and "nba train --force" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gate_keeps_the_better_model(env: dict[str, str]) -> None:
+    first = run("train", "--raw", env["RAW"], *POOR, env=env)
+    assert first.returncode == 0, first.stderr
+    out = " ".join(first.stdout.split())
+    assert "version 1: not promoted" in out and "--force" in out
+    assert "policy value per decision" in out and "oracle" in out
+
+    forced = run("train", "--raw", env["RAW"], *POOR, "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert "version 2: promoted to champion" in forced.stdout
+
+    better = run("train", "--raw", env["RAW"], *GOOD, env=env)
+    assert better.returncode == 0, better.stderr
+    assert "version 3: promoted to champion" in better.stdout
+
+    worse = run("train", "--raw", env["RAW"], *POOR, env=env)
+    assert worse.returncode == 0, worse.stderr
+    assert "version 4: not promoted" in worse.stdout
+
+    listing = run("models", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in listing.stdout.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip().isdigit()
+    ]
+    assert [row[0] for row in rows] == ["4", "3", "2", "1"]  # newest first
+    assert [row[0] for row in rows if row[2] == "champion"] == ["3"]
+
+
+def test_score_with_the_champion(env: dict[str, str], tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text(
+        "customer_id,decided_at,decision_id\n"
+        "C0000001,2026-10-01T00:00:00Z,x1\n"
+        "C0000002,2026-10-02T08:30:00+02:00,x2\n"
+        "NEW-VISITOR,2026-10-03T00:00:00Z,x3\n"
+    )
+    out = tmp_path / "decisions.parquet"
+    result = run("score", "--actions", str(rows), "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    decisions = pd.read_parquet(out)
+    assert decisions.decision_id.tolist() == ["x1", "x2", "x3"]
+    assert set(decisions.action) <= {"promo", "apology_credit", "recognition", "none"}
+    new_visitor = decisions.iloc[2]
+    assert not new_visitor.features_found and not new_visitor.eligible_promo

@@ -109,3 +109,13 @@ def feature_repo_copier() -> Callable[[Path, str], Path]:
 def feature_table_builder() -> Callable[..., pd.DataFrame]:
     """``synthetic_feature_table``: a small feature table that follows ``features.schema``."""
     return synthetic_feature_table
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No usage telemetry from MLflow, Feast, BentoML or Evidently during tests."""
+    import os
+
+    from nba.cli import TELEMETRY_OFF
+
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)

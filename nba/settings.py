@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "serving" / "guardrails.yaml",
         description="The guardrail rules file (thresholds are set here, never by a request).",
     )
+    decision_log_dir: Path = Field(
+        default=PROJECT_ROOT / "logs" / "decisions",
+        description="Where the service appends its decision log (features.decision_log).",
+    )
+    events_log_dir: Path = Field(
+        default=PROJECT_ROOT / "logs" / "events",
+        description="Where the service appends the /events it received (offline copy).",
+    )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from training.value import ActionCosts
 
@@ -76,9 +76,49 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "logs" / "events",
         description="Where the service appends the /events it received (offline copy).",
     )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys accepted in the X-API-Key header (NBA_API_KEYS, comma-separated). "
+        "Empty: every keyed endpoint answers 401.",
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="A model folder exported by `nba serve` (model.pkl + nba_model.json); "
+        "unset: the service loads the registry's champion at start-up.",
+    )
+    serve_workers: int = Field(default=2, ge=1, description="Service worker processes.")
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    explore_epsilon: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Exploration probability among eligible actions (true propensity logged).",
+    )
+    apology_budget_per_day: int = Field(
+        default=1000, ge=0, description="Apology credits per UTC day, per worker, paced."
+    )
+    promo_history_path: Path = Field(
+        default=PROJECT_ROOT / "logs" / "promo_history.db",
+        description="SQLite file of recent promos shared by the workers (frequency cap).",
+    )
+    fast_path: bool = Field(
+        default=True,
+        description="Serve /decide, /decide_batch and /events from the lean ASGI path "
+        "(false: through BentoML's IO descriptors; same answers, slower).",
+    )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # A comma-separated list in the environment; blanks and spaces around keys dropped.
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @field_validator("base_currency")
     @classmethod

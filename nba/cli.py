@@ -399,6 +399,60 @@ def score(
         console.print(f"{unknown:,} rows had no features (unknown customers): decided on defaults")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default NBA_SERVE_WORKERS).", min=1)
+    ] = None,
+) -> None:
+    """The decision service (BentoML): /decide, /decide_batch, /events, /healthz, /readyz.
+
+    Resolves the champion model once here and exports it to a folder that every worker loads,
+    so all workers serve the same version and none imports MLflow. With NBA_MODEL_PATH set,
+    that folder is served as is.
+    """
+    import subprocess
+
+    settings = load_settings()
+    env = dict(os.environ)
+    if settings.model_path is None:
+        from serving.runtime import export_model
+        from training.tracking import Tracker
+
+        tracker = Tracker(
+            settings.mlflow_tracking_uri,
+            artifact_location=settings.mlflow_artifact_location,
+            experiment=settings.mlflow_experiment,
+        )
+        info = tracker.champion()
+        if info is None:
+            raise CliError("no champion model in the registry: run `nba train --raw DIR --force`")
+        model = tracker.load(info.version)
+        folder = settings.decision_log_dir.parent / "serving-model"
+        export_model(model, f"{tracker.model_name}/{info.version}", folder, info.run_id)
+        env["NBA_MODEL_PATH"] = str(folder)
+        console.print(f"serving {tracker.model_name} version {info.version} (champion)")
+    if not settings.api_keys:
+        console.print("[yellow]warning:[/] NBA_API_KEYS is empty: every keyed endpoint answers 401")
+    count = workers or settings.serve_workers
+    # BentoML reads per-service overrides from BENTOML_CONFIG_OPTIONS; the service is "nba".
+    options = f"services.nba.workers={count}"
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join(
+        filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), options])
+    )
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:NBA",
+               "--host", host, "--port", str(port)]  # fmt: skip
+    console.print(f"listening on http://{host}:{port} with {count} worker(s)")
+    try:
+        code = subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise typer.Exit(code)
+
+
 benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True)
 app.add_typer(benchmark_app, name="benchmark")
 

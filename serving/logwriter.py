@@ -1,0 +1,102 @@
+"""Appends decision-log and event rows to Parquet off the request path, losing nothing.
+
+The request thread only puts a dict on a queue (about a microsecond). A background thread
+drains the queue every ``flush_seconds`` or ``max_rows`` rows and writes one Parquet part per
+flush (``features.decision_log.write_part``: temporary name, then rename, so readers never see
+half a file). ``close`` (called from the service's shutdown hook, which runs on SIGTERM) stops
+accepting rows, drains everything queued and writes it before returning. A failed write is
+retried at the next flush with the same rows, and reported in the log; rows are never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from features.decision_log import write_part
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class LogWriter:
+    """A background Parquet appender for one log folder."""
+
+    def __init__(
+        self,
+        folder: Path,
+        arrow_schema: pa.Schema,
+        time_column: str,
+        flush_seconds: float = 1.0,
+        max_rows: int = 50_000,
+    ) -> None:
+        self.folder = folder
+        self.schema = arrow_schema
+        self.time_column = time_column
+        self.flush_seconds = flush_seconds
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[Mapping[str, Any]] = []
+        self._seq = 0
+        self._closed = False
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name=f"log-{folder.name}", daemon=True)
+        self._thread.start()
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Queue one row (never blocks, never raises on the request path once open)."""
+        if self._closed:
+            raise RuntimeError(f"log writer for {self.folder} is closed")
+        self._queue.put(row)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _STOP:
+                    stop = True
+                else:
+                    self._pending.append(item)
+                    if len(self._pending) >= self.max_rows:
+                        self._flush()
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        self._seq += 1
+        try:
+            write_part(self.folder, self._pending, self.schema, self.time_column, self._seq)
+        except Exception:  # keep the rows and try again at the next flush
+            logger.exception("could not write %d log rows to %s", len(self._pending), self.folder)
+            return
+        self.written += len(self._pending)
+        self._pending = []
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting rows, write everything queued, and wait for the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._pending:  # the last write failed: one more try from this thread
+            self._flush()
+        if self._pending:
+            logger.error("%d log rows for %s could not be written", len(self._pending), self.folder)

@@ -27,6 +27,7 @@ from training.dataset import (
 )
 from training.evaluate import Evaluation, evaluate, fit_reward_model, learned_choice
 from training.metrics import policy_value_se
+from training.reference import REFERENCE_ARTIFACT, build_reference
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts, realized_value
 
@@ -109,6 +110,8 @@ def run_training(
             # --force the new model replaces it, which is the way out.
             if not force:
                 raise
+    # The drift reference (nba drift): training inputs and the model's scores on them.
+    reference = build_reference(train.X, model, costs, seed=params.get("random_state", 0))
 
     stage("logging to MLflow and registering")
     with tracker.start_run(run_name=f"{params.get('method', 'dr')}-{len(train)}") as run_id:
@@ -119,6 +122,7 @@ def run_training(
                 "data.decisions": str(len(raw.actions)),
                 "data.train_rows": str(len(train)),
                 "data.test_rows": str(len(test)),
+                "data.reference_rows": str(len(reference)),
             }
         )
         tracker.log_metrics({k: v for k, v in evaluation.metrics.items() if np.isfinite(v)})
@@ -127,6 +131,7 @@ def run_training(
         tracker.log_figure(plots.qini_curves(evaluation.qini_curves), "qini_curves.png")
         tracker.log_figure(plots.policy_values(evaluation.policy_table), "policy_values.png")
         tracker.log_figure(plots.feature_importance(model), "feature_importance.png")
+        tracker.log_parquet(reference, REFERENCE_ARTIFACT)
         uri = tracker.log_model(model, test.X.head(5))
         version = tracker.register(uri, {"data.fingerprint": fingerprint(raw)})
         decision = tracker.gate(version, candidate_value, champion_value, force=force)

@@ -92,6 +92,10 @@ class ModelNotAvailableError(RuntimeError):
     """The requested model version or alias does not exist, is marked failed, or cannot load."""
 
 
+class ArtifactNotFoundError(ModelNotAvailableError):
+    """The model version exists but its run lacks the requested artifact."""
+
+
 @dataclass(frozen=True)
 class ModelVersionInfo:
     """One registered version of the model, with the metrics of the run that produced it."""
@@ -222,6 +226,59 @@ class Tracker:
             df = df.reset_index()
         self._mlflow().log_table(df, artifact_file=f"tables/{file}", run_id=run_id)
         self._tables.add(file)
+
+    def log_parquet(self, df: pd.DataFrame, artifact_file: str) -> None:
+        """Log a DataFrame as a Parquet artifact at ``artifact_file`` (e.g. ``ref/x.parquet``).
+
+        Unlike :meth:`log_table` this keeps dtypes and scales to large frames (a drift
+        reference of 200k rows), at the cost of no table view in the MLflow UI.
+        """
+        import tempfile
+
+        run_id = self._require_run()
+        target = Path(artifact_file)
+        if target.suffix != ".parquet" or target.is_absolute():
+            raise ValueError(f"artifact_file must be a relative .parquet path: {artifact_file}")
+        with tempfile.TemporaryDirectory(prefix="nba-parquet-") as tmp:
+            local = Path(tmp) / target.name
+            df.to_parquet(local, index=False)
+            parent = str(target.parent) if str(target.parent) != "." else None
+            self._mlflow().log_artifact(str(local), artifact_path=parent, run_id=run_id)
+
+    def load_parquet(
+        self, artifact_file: str, version_or_alias: int | str = CHAMPION
+    ) -> tuple[pd.DataFrame, ModelVersionInfo]:
+        """A Parquet artifact of the run that produced a model version (default: the champion).
+
+        Raises ``ModelNotAvailableError`` when the version or alias does not exist, and
+        ``ArtifactNotFoundError`` when its run has no such artifact (e.g. a run logged before
+        the artifact was introduced).
+        """
+        import tempfile
+
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        mv = self._resolve(version_or_alias)
+        aliases = self._aliases() or {}
+        info = self._info(mv, _by_version(aliases))
+        what = _describe(version_or_alias, int(mv.version), self.model_name)
+        if not mv.run_id:
+            raise ArtifactNotFoundError(f"{what} has no training run to read {artifact_file} from")
+        self._mlflow()  # sets the URIs; the import below binds ``mlflow`` with ``artifacts``
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory(prefix="nba-artifact-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id, artifact_path=artifact_file, dst_path=tmp
+                )
+            except (MlflowException, OSError) as error:
+                raise ArtifactNotFoundError(
+                    f"the training run of {what} has no {artifact_file} "
+                    f"({type(error).__name__}); retrain with `nba train` to log it"
+                ) from error
+            return pd.read_parquet(local), info
 
     # ----------------------------------------------------------------- model
 
@@ -665,6 +722,7 @@ def _without_pickle_warning() -> Iterator[None]:
 __all__ = [
     "CHAMPION",
     "MODEL_NAME",
+    "ArtifactNotFoundError",
     "GateDecision",
     "ModelNotAvailableError",
     "ModelVersionInfo",

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
         description="Serve /decide, /decide_batch and /events from the lean ASGI path "
         "(false: through BentoML's IO descriptors; same answers, slower).",
     )
+    train_engine: Literal["local", "dask"] = Field(
+        default="local",
+        description="Where `nba train` fits the uplift models: in process, or with lightgbm.dask "
+        "on a Dask cluster (NBA_DASK_SCHEDULER, else a two-worker LocalCluster).",
+    )
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="Dask scheduler address for the dask engine, e.g. tcp://10.0.0.5:8786; "
+        "unset: a LocalCluster started for the fit.",
+    )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
@@ -124,6 +134,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str | None) -> str | None:
         return value.upper() if value else None
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        # NBA_DASK_SCHEDULER= (set but empty) means "no scheduler", not an address "".
+        return value.strip() or None if value else None
 
     def action_costs(self) -> ActionCosts:
         """The value model's costs (raw-data contract defaults unless configured)."""

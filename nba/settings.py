@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from monitoring.drift import DriftConfig
 
 from training.value import ActionCosts
 
@@ -118,6 +121,39 @@ class Settings(BaseSettings):
         description="Dask scheduler address for the dask engine, e.g. tcp://10.0.0.5:8786; "
         "unset: a LocalCluster started for the fit.",
     )
+    environment: str = Field(
+        default="local",
+        description="Name of this deployment (dev, staging, prod): the Evidently project name.",
+    )
+    drift_feature_share: float = Field(
+        default=0.3, gt=0, le=1,
+        description="nba drift alerts (exit 3) when at least this share of features drifted.",
+    )  # fmt: skip
+    drift_action_share: float = Field(
+        default=0.10, gt=0, le=1,
+        description="nba drift alerts when a preferred-action share moves by more than this.",
+    )  # fmt: skip
+    drift_method: Literal["wasserstein", "psi", "jensenshannon", "hellinger", "ed", "kl_div"] = (
+        Field(default="wasserstein", description="Per-column drift score (Evidently method).")
+    )
+    drift_column_threshold: float = Field(
+        default=0.1, gt=0, description="A column drifted when its score is at least this."
+    )
+    drift_sample_rows: int = Field(
+        default=100_000, ge=1000,
+        description="Rows of each side the drift scores are computed on (uniform sample).",
+    )  # fmt: skip
+    drift_report_dir: Path = Field(
+        default=PROJECT_ROOT / "reports" / "drift",
+        description="Where nba drift writes its HTML report and JSON summary.",
+    )
+    drift_experiment: str = Field(
+        default="nba-monitoring", description="MLflow experiment of the nba drift runs."
+    )
+    evidently_workspace: Path = Field(
+        default=PROJECT_ROOT / "evidently_workspace",
+        description="Local Evidently workspace (`evidently ui --workspace DIR`).",
+    )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
@@ -148,6 +184,18 @@ class Settings(BaseSettings):
             apology_credit=self.cost_apology_credit,
             recognition=self.cost_recognition,
             unsubscribe=self.cost_unsubscribe,
+        )
+
+    def drift_config(self) -> DriftConfig:
+        """Thresholds and sampling of ``nba drift``."""
+        from monitoring.drift import DriftConfig
+
+        return DriftConfig(
+            feature_share=self.drift_feature_share,
+            action_share=self.drift_action_share,
+            method=self.drift_method,
+            column_threshold=self.drift_column_threshold,
+            sample_rows=self.drift_sample_rows,
         )
 
     @property

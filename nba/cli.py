@@ -133,16 +133,26 @@ def simulate(
     fmt: Annotated[
         str, typer.Option("--format", help="File format of the tables: parquet or csv.")
     ] = "parquet",
+    scenario: Annotated[
+        str | None,
+        typer.Option(help="A shift in the last days: disruption_wave or price_shock."),
+    ] = None,
+    scenario_days: Annotated[
+        int, typer.Option(min=1, help="Length of the shift in days (with --scenario).")
+    ] = 7,
 ) -> None:
     """Write a simulated world in the raw data contract, window ending now."""
     from features.contract import write_raw
-    from nba.simulate import SimulationConfig
+    from nba.simulate import SCENARIOS, SimulationConfig
     from nba.simulate import simulate as run_simulation
 
     if fmt not in ("parquet", "csv"):
         raise CliError(f"--format: {fmt!r} is not one of parquet, csv")
+    if scenario is not None and scenario not in SCENARIOS:
+        raise CliError(f"--scenario: {scenario!r} is not one of {', '.join(SCENARIOS)}")
     config = SimulationConfig(end=_parse_time(end, "--end"), customers=customers, days=days,
-                              seed=seed)  # fmt: skip
+                              seed=seed, scenario=scenario,
+                              scenario_days=scenario_days)  # fmt: skip
     started = time.perf_counter()
     with Stages("simulating", total=8) as stage:
         world = run_simulation(config, on_step=stage)

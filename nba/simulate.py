@@ -64,6 +64,9 @@ class SimulationConfig:
     anonymous_share: float = 0.2
     #: Days after a decision over which its outcome is observed (the contract's 30).
     outcome_days: int = 30
+    #: A shift in the last ``scenario_days`` of the window (``SCENARIOS``), for drift tests.
+    scenario: str | None = None
+    scenario_days: int = 7
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -72,6 +75,10 @@ class SimulationConfig:
             raise ValueError(f"days must exceed the {self.outcome_days}-day outcome window")
         if pd.Timestamp(self.end).tzinfo is None:
             raise ValueError("end must be timezone-aware")
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
+        if not 1 <= self.scenario_days < self.days:
+            raise ValueError(f"scenario_days must be in [1, {self.days}), got {self.scenario_days}")
 
 
 @dataclass
@@ -179,6 +186,8 @@ def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None
 
     step("bookings and flights")
     bookings, flights = _trips(rng, cust, active_years, end_ns)
+    if cfg.scenario is not None:
+        bookings, flights = _shift(cfg, bookings, flights, end_ns)
 
     step("service cases")
     cases = _cases(rng, cust, flights, active_years, end_ns)
@@ -215,6 +224,41 @@ def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None
     step("validating")
     validate(world, source="simulator")
     return world
+
+
+#: Shift scenarios (``docs/simulator.md``): what changes in the last ``scenario_days``.
+SCENARIOS: dict[str, str] = {
+    "disruption_wave": "a third of flown legs cancelled, most others delayed by hours",
+    "price_shock": "fares of new bookings up 60%",
+}
+
+
+def _shift(
+    cfg: SimulationConfig, bookings: pd.DataFrame, flights: pd.DataFrame, end_ns: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply ``cfg.scenario`` to the trips of the last ``cfg.scenario_days``.
+
+    Drawn from a generator of its own, so that the main stream (and with it the world before
+    the shift) keeps its draws. Everything downstream (cases, revisits, decision times,
+    features) follows from the shifted trips through the usual causal model.
+    """
+    rng = np.random.default_rng([cfg.seed, 1])
+    since = pd.Timestamp(end_ns - cfg.scenario_days * DAY_NS, tz="UTC")
+    if cfg.scenario == "disruption_wave":
+        flights = flights.copy()
+        hit = (flights["scheduled_at"] >= since).to_numpy()
+        n = int(hit.sum())
+        cancel = rng.random(n) < 0.33
+        delay = np.minimum(rng.lognormal(5.0, 0.6, n), 1_440).astype(np.int64)  # median 2.5 h
+        delay = np.where(rng.random(n) < 0.8, delay, flights.loc[hit, "delay_minutes"])
+        flights.loc[hit, "cancelled"] = flights.loc[hit, "cancelled"].to_numpy() | cancel
+        flights.loc[hit, "delay_minutes"] = np.where(cancel, 0, delay)
+        flights.loc[hit & flights["cancelled"].to_numpy(), "miles_earned"] = 0
+    elif cfg.scenario == "price_shock":
+        bookings = bookings.copy()
+        hit = (bookings["booked_at"] >= since).to_numpy()
+        bookings.loc[hit, "fare"] = np.round(bookings.loc[hit, "fare"].to_numpy() * 1.6, 2)
+    return bookings, flights
 
 
 def _trips(

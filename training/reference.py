@@ -12,7 +12,7 @@ compares the decision log's window with it column to column:
 
 The training split is sampled down to ``max_rows`` (uniformly, seeded) when it is larger: drift
 scores are effect sizes (normed Wasserstein distances), whose sampling error at 200k rows is far
-below any useful threshold, while the file stays a few tens of MB.
+below any useful threshold, while the artifact's size stays bounded whatever the log's size.
 """
 
 from __future__ import annotations

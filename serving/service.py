@@ -162,12 +162,12 @@ class Gate:
             event = parse(Event, body)
             try:
                 ack = await asyncio.to_thread(runtime.handle_event, event.model_dump())
-            except (RuntimeError, OSError) as error:
+            except ValueError as error:  # the event does not fit the customer's state
+                return _json(422, {"error": str(error), "detail": {"field": "type"}})
+            except Exception as error:  # any store failure: never acknowledge an unseen event
                 logger.error("event not applied: %s", type(error).__name__)
                 return _json(503, {"error": "feature store unavailable: event not applied",
                                    "detail": type(error).__name__})  # fmt: skip
-            except ValueError as error:
-                return _json(422, {"error": str(error), "detail": {"field": "type"}})
             return _json(200, ack)
         except ApiError as error:
             return _json(error.status, error.body)

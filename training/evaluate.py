@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +31,18 @@ TREATMENTS: tuple[str, ...] = tuple(a for a in ACTIONS if a != "none")
 
 
 def learned_choice(
-    model: Any, X: pd.DataFrame, costs: ActionCosts
+    model: Any,
+    X: pd.DataFrame,
+    costs: ActionCosts,
+    effects: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The learned policy without guardrails: the action of highest expected net value, ``none``
-    when none is positive. Returns (chosen action names, (n, 4) values in ``ACTIONS`` order)."""
-    effects = model.predict_effects(X)
+    when none is positive. Returns (chosen action names, (n, 4) values in ``ACTIONS`` order).
+
+    ``effects``: ``model.predict_effects(X)`` when the caller already has it (it is the
+    costliest part of an evaluation on many rows)."""
+    if effects is None:
+        effects = model.predict_effects(X)
     ev = expected_value(effects, model.actions_, costs)
     values = np.zeros((len(X), len(ACTIONS)))
     for j, action in enumerate(model.actions_):
@@ -56,9 +65,16 @@ class RewardModel:
 
 
 def fit_reward_model(
-    train: TrainingSet, costs: ActionCosts, random_state: int = 0, n_estimators: int = 150
+    train: TrainingSet,
+    costs: ActionCosts,
+    random_state: int = 0,
+    n_estimators: int = 150,
+    n_jobs: int = 1,
 ) -> RewardModel:
-    """One LightGBM regressor per action on its logged rows, weighted by 1/propensity."""
+    """One LightGBM regressor per action on its logged rows, weighted by 1/propensity.
+
+    ``n_jobs`` models are trained at once (-1: one per core), each on one LightGBM thread, as
+    ``MultiActionUplift`` does; the models do not depend on it."""
     reward = realized_value(
         train.decisions["action"], train.outcomes["revenue"], train.outcomes["unsubscribed"], costs
     )
@@ -75,11 +91,16 @@ def fit_reward_model(
         "seed": random_state,
         "deterministic": True,
     }
-    boosters = {}
-    for a in ACTIONS:
+
+    def fit(a: str) -> lgb.Booster:
         rows = action == a
         data = lgb.Dataset(X[rows], reward[rows], weight=weight[rows])
-        boosters[a] = lgb.train(params, data, num_boost_round=n_estimators)
+        return lgb.train(params, data, num_boost_round=n_estimators)
+
+    threads = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
+    # LightGBM releases the GIL while it trains: threads give separate models separate cores.
+    with ThreadPoolExecutor(max_workers=min(threads, len(ACTIONS))) as pool:
+        boosters = dict(zip(ACTIONS, pool.map(fit, ACTIONS), strict=True))
     return RewardModel(boosters)
 
 
@@ -94,10 +115,16 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def policy_choices(model: Any, test: TrainingSet, costs: ActionCosts) -> dict[str, np.ndarray]:
-    """The policies compared: learned, rules-v1, always-none and each single action."""
+def policy_choices(
+    model: Any,
+    test: TrainingSet,
+    costs: ActionCosts,
+    effects: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The policies compared: learned, rules-v1, always-none and each single action
+    (``effects``: the model's ``predict_effects`` on ``test.X`` if already computed)."""
     n = len(test)
-    learned, _ = learned_choice(model, test.X, costs)
+    learned, _ = learned_choice(model, test.X, costs, effects)
     out = {"learned": learned, "rules-v1": rules_v1(test.features)}
     for a in ACTIONS:
         out[f"always {a}"] = np.full(n, a, dtype=object)
@@ -115,8 +142,10 @@ def evaluate(
     reward = realized_value(action, test.outcomes["revenue"], test.outcomes["unsubscribed"], costs)
     q_hat = reward_model.predict(test.X)
 
-    # Ranking quality on randomized rows.
-    uplift = model.predict(test.X)
+    # Ranking quality on randomized rows. The conversion uplifts are predict_effects' (the same
+    # numbers as predict's), computed once for the ranking and the learned policy.
+    effects = model.predict_effects(test.X)
+    uplift = effects["converted"]
     randomized = decisions["policy"].to_numpy(object) == "random"
     rows, curves = [], {}
     for j, a in enumerate(model.actions_):
@@ -139,7 +168,7 @@ def evaluate(
     uplift_table = pd.DataFrame(rows).set_index("action")
 
     # Policy values.
-    choices = policy_choices(model, test, costs)
+    choices = policy_choices(model, test, costs, effects)
     truth_values = None if test.truth is None else true_value(test.truth, ACTIONS, costs)
     if truth_values is not None:
         choices["oracle"] = metrics.oracle_policy(truth_values, ACTIONS)

@@ -96,7 +96,9 @@ def run_training(
         train.outcomes,
     )
     stage(f"evaluating on the latest {len(test):,} decisions")
-    reward_model = fit_reward_model(train, costs, random_state=params.get("random_state", 0))
+    reward_model = fit_reward_model(
+        train, costs, random_state=params.get("random_state", 0), n_jobs=params.get("n_jobs", 1)
+    )
     evaluation = evaluate(model, test, reward_model, costs)
     candidate_value = float(evaluation.policy_table.loc["learned", "dr"])
     champion_info = tracker.champion()

@@ -113,3 +113,20 @@ def test_score_with_the_champion(env: dict[str, str], tmp_path: Path) -> None:
     assert set(decisions.action) <= {"promo", "apology_credit", "recognition", "none"}
     new_visitor = decisions.iloc[2]
     assert not new_visitor.features_found and not new_visitor.eligible_promo
+
+
+def test_train_on_dask(env: dict[str, str], tmp_path: Path) -> None:
+    """NBA_TRAIN_ENGINE=dask without a scheduler: `nba train` fits on a LocalCluster it starts
+    and stops, and reports as usual (its own registry: the gate test counts versions)."""
+    dask_env = {
+        **env,
+        "NBA_TRAIN_ENGINE": "dask",
+        "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "NBA_MLFLOW_ARTIFACT_LOCATION": str(tmp_path / "artifacts"),
+    }
+    result = run("train", "--raw", env["RAW"], *GOOD, "--force", env=dask_env)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "version 1: promoted to champion" in out and "oracle" in out
+    # The workers' LightGBM chatter (ports, ranks) does not reach the user's terminal.
+    assert "[LightGBM]" not in result.stdout + result.stderr

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?= data/raw
 CUSTOMERS ?= 20000
 
-.PHONY: demo test lint bench-features clean
+.PHONY: demo test lint bench-features bench-decide clean
 
 $(BIN)/nba: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,14 @@ $(BIN)/nba: pyproject.toml
 	touch $@
 
 ## The main job on embedded defaults: simulate a world, build its features (Feast), train,
-## evaluate and register the uplift model (MLflow, champion).
+## evaluate and register the uplift model (MLflow, champion), then serve decisions on
+## http://127.0.0.1:3000 (Ctrl+C stops it; the API key is $(API_KEY) unless NBA_API_KEYS is set).
+API_KEY ?= demo-key
 demo: $(BIN)/nba
 	$(BIN)/nba simulate --out $(DATA) --customers $(CUSTOMERS) --seed 7
 	$(BIN)/nba features --raw $(DATA)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/nba train --raw $(DATA) --force
+	NBA_API_KEYS=$${NBA_API_KEYS:-$(API_KEY)} OMP_WAIT_POLICY=PASSIVE $(BIN)/nba serve
 
 ## The test suite (what CI runs). Tests needing Redis/PostgreSQL skip when those are absent,
 ## unless NBA_REQUIRE_SERVICES=1.
@@ -32,6 +35,9 @@ lint: $(BIN)/nba
 
 bench-features: $(BIN)/nba
 	$(BIN)/python benchmarks/features.py
+
+bench-decide: $(BIN)/nba
+	$(BIN)/python benchmarks/decide.py
 
 clean:
 	rm -rf data feature_repo/data/*.parquet feature_repo/data/*.db

@@ -59,8 +59,9 @@ def customer_ids(n: int) -> list[str]:
     from nba.settings import load_settings
 
     settings = load_settings()
-    table = pd.read_parquet(settings.feature_repo / "data" / "customer_features.parquet",
-                            columns=["customer_id"])  # fmt: skip
+    table = pd.read_parquet(
+        settings.feature_repo / "data" / "customer_features.parquet", columns=["customer_id"]
+    )
     ids = table["customer_id"].drop_duplicates().tolist()
     random.Random(0).shuffle(ids)
     return ids[: n - n // 50] + [f"NEW{i}" for i in range(n // 50)]
@@ -70,10 +71,13 @@ async def _connection(port: int, bodies: list[bytes], latencies: list[float]) ->
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for body in bodies:
         request = (
-            b"POST /decide HTTP/1.1\r\nHost: bench\r\nX-API-Key: " + KEY.encode()
+            b"POST /decide HTTP/1.1\r\nHost: bench\r\nX-API-Key: "
+            + KEY.encode()
             + b"\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body
-        )  # fmt: skip
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         started = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -103,8 +107,11 @@ def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NBA_API_KEYS": KEY, "NBA_EXPLORE_EPSILON": "0.05"}
     process = subprocess.Popen(
         [sys.executable, "-m", "nba.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -133,11 +140,16 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
 
     reader = FeastAdapter(settings.feature_repo, settings.feature_store_yaml).direct_reader()
     decider = Decider(
-        model=load_champion(settings), read=reader.read, read_many=reader.read_many,
-        rules=load_rules(settings.guardrails), costs=settings.action_costs(),
-        budget=DailyBudget(10**9, lambda: datetime.now(UTC)), history=MemoryPromoHistory(),
-        log=lambda row: None, epsilon=0.05,
-    )  # fmt: skip
+        model=load_champion(settings),
+        read=reader.read,
+        read_many=reader.read_many,
+        rules=load_rules(settings.guardrails),
+        costs=settings.action_costs(),
+        budget=DailyBudget(10**9, lambda: datetime.now(UTC)),
+        history=MemoryPromoHistory(),
+        log=lambda row: None,
+        epsilon=0.05,
+    )
     gc.collect()
     gc.freeze()
     rows = []
@@ -149,14 +161,28 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
             times.append(time.perf_counter() - t0)
         ms = np.array(times[n // 10 :]) * 1000
         label = "in-process /decide" + (" (explain)" if explain else "")
-        rows.append((label, f"{n:,}", f"{np.percentile(ms, 50):.3f}", f"{np.percentile(ms, 99):.3f}",
-                     f"{1000 / ms.mean():,.0f}"))  # fmt: skip
+        rows.append(
+            (
+                label,
+                f"{n:,}",
+                f"{np.percentile(ms, 50):.3f}",
+                f"{np.percentile(ms, 99):.3f}",
+                f"{1000 / ms.mean():,.0f}",
+            )
+        )
     requests = [Request(ids[i % len(ids)]) for i in range(batch)]
     t0 = time.perf_counter()
     decider.decide_batch(requests)
     seconds = time.perf_counter() - t0
-    rows.append(("in-process decide_batch", f"{batch:,}", f"{seconds * 1000:.0f} (batch)", "",
-                 f"{batch / seconds:,.0f}"))  # fmt: skip
+    rows.append(
+        (
+            "in-process decide_batch",
+            f"{batch:,}",
+            f"{seconds * 1000:.0f} (batch)",
+            "",
+            f"{batch / seconds:,.0f}",
+        )
+    )
     return rows
 
 
@@ -178,24 +204,41 @@ def main() -> None:
         for c in args.concurrency:
             latencies, seconds = asyncio.run(load(port, ids, args.requests, c))
             ms = np.array(latencies) * 1000
-            rows.append((f"HTTP /decide, concurrency {c}", f"{len(ms):,}",
-                         f"{np.percentile(ms, 50):.2f}", f"{np.percentile(ms, 99):.2f}",
-                         f"{len(ms) / seconds:,.0f}"))  # fmt: skip
-        body = json.dumps({"requests": [{"customer_id": ids[i % len(ids)]}
-                                        for i in range(args.batch)]}).encode()  # fmt: skip
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/decide_batch", data=body,
-                                         headers={"X-API-Key": KEY})  # fmt: skip
+            rows.append(
+                (
+                    f"HTTP /decide, concurrency {c}",
+                    f"{len(ms):,}",
+                    f"{np.percentile(ms, 50):.2f}",
+                    f"{np.percentile(ms, 99):.2f}",
+                    f"{len(ms) / seconds:,.0f}",
+                )
+            )
+        body = json.dumps(
+            {"requests": [{"customer_id": ids[i % len(ids)]} for i in range(args.batch)]}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/decide_batch", data=body, headers={"X-API-Key": KEY}
+        )
         t0 = time.perf_counter()
         with urllib.request.urlopen(request, timeout=300) as response:
             decisions = json.loads(response.read())["decisions"]
         seconds = time.perf_counter() - t0
-        rows.append(("HTTP /decide_batch", f"{len(decisions):,}", f"{seconds * 1000:.0f} (batch)",
-                     "", f"{len(decisions) / seconds:,.0f}"))  # fmt: skip
+        rows.append(
+            (
+                "HTTP /decide_batch",
+                f"{len(decisions):,}",
+                f"{seconds * 1000:.0f} (batch)",
+                "",
+                f"{len(decisions) / seconds:,.0f}",
+            )
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-    table = Table(title=f"decisions ({args.workers} worker(s), {os.cpu_count()} cores, SQLite "
-                        "online store unless NBA_ONLINE_STORE says otherwise)")  # fmt: skip
+    table = Table(
+        title=f"decisions ({args.workers} worker(s), {os.cpu_count()} cores, SQLite "
+        "online store unless NBA_ONLINE_STORE says otherwise)"
+    )
     for column in ("path", "requests", "p50 ms", "p99 ms", "decisions/s"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for row in rows:

@@ -9,9 +9,16 @@ with the offending field named. No web framework here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from features.contract import ACTIONS
 from features.events import EVENT_TYPES
@@ -25,6 +32,20 @@ MAX_BATCH: Final = 10_000
 
 assert set(ACTIONS) == set(Action.__args__)  # type: ignore[attr-defined]
 assert set(EVENT_TYPES) == set(EventType.__args__)  # type: ignore[attr-defined]
+
+
+def _must_be_string(value: Any) -> Any:
+    # The contract: a non-string customer_id is malformed; say so rather than coerce it.
+    if not isinstance(value, str):
+        raise ValueError("customer_id must be a string")
+    return value
+
+
+CustomerId = Annotated[
+    str,
+    BeforeValidator(_must_be_string),
+    Field(min_length=1, max_length=128, description="The customer's id."),
+]
 
 
 class ApiError(Exception):
@@ -53,21 +74,12 @@ class DecideRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=128, description="The customer's id.")
+    customer_id: CustomerId
     context: Context | None = None
     candidates: list[Action] | None = Field(
         default=None, description="Actions the caller may show (default all; none always added)."
     )
     explain: bool = Field(default=False, description="Add plain-language reasons.")
-
-    @field_validator("customer_id", mode="before")
-    @classmethod
-    def _strict_id(cls, value: Any) -> Any:
-        # The contract: a non-string customer_id is malformed (pydantic would not coerce an int
-        # in strict mode either; say it plainly).
-        if not isinstance(value, str):
-            raise ValueError("customer_id must be a string")
-        return value
 
 
 class Ranked(BaseModel):
@@ -113,7 +125,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    customer_id: str = Field(min_length=1, max_length=128)
+    customer_id: CustomerId
     type: EventType
     ts: datetime = Field(description="When it happened, ISO 8601 with a UTC offset.")
     case_id: str | None = None
@@ -122,13 +134,6 @@ class Event(BaseModel):
     compensated: bool | None = None
     delay_minutes: int | None = Field(default=None, ge=0)
     cancelled: bool | None = None
-
-    @field_validator("customer_id", mode="before")
-    @classmethod
-    def _strict_id(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            raise ValueError("customer_id must be a string")
-        return value
 
     @field_validator("ts")
     @classmethod

@@ -29,6 +29,7 @@ import pytest
 
 from features import decision_log, schema
 from features.store import FeastAdapter
+from tests.integration.test_train_cli import run
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +37,6 @@ KEY = "test-key"
 BUDGET = 3
 ANSWERED: list[str] = []  # decision ids answered by the main server
 CREDITS: list[str] = []  # customers granted an apology credit by the main server
-
-
-def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nba.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **env},
-        timeout=600,
-    )
 
 
 def free_port() -> int:

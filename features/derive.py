@@ -79,9 +79,36 @@ def derive_features(stored: pd.DataFrame, as_of: pd.Series | datetime | str) -> 
     return frame
 
 
+def _ns_one(value: Any) -> int | None:
+    """One timestamp as int ns since the epoch, None when missing (``_ns`` for a scalar)."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
+        return None
+    stamp = value if isinstance(value, pd.Timestamp) else pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} must be timezone-aware")
+    return int(stamp.value)
+
+
 def derive_row(stored: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
-    """Derived features of one customer (request path): name -> float or bool."""
-    return {name: values[0].item() for name, values in derive_columns(stored, as_of).items()}
+    """Derived features of one customer (request path): name -> float or bool.
+
+    The scalar twin of ``derive_columns`` (the batch and training code), written without
+    arrays because a request derives one row: equal to it value for value, including the
+    float rounding (a property test compares them).
+    """
+    now = _ns_one(as_of)
+    out: dict[str, Any] = {}
+    for name, column in _DURATIONS.items():
+        then = _ns_one(stored.get(column))
+        if then is None or now is None:
+            out[name] = float("nan")
+        else:
+            # float(a) / float(b), as numpy divides an int64 array by an int.
+            out[name] = float(max(now - then, 0)) / float(_NS_PER_DAY)
+    neg = _ns_one(stored.get("last_negative_at"))
+    comp = _ns_one(stored.get("last_compensated_at"))
+    out["compensated_since_last_negative"] = neg is not None and comp is not None and comp >= neg
+    return out
 
 
 def model_vector(row: Mapping[str, Any]) -> np.ndarray:

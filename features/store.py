@@ -113,16 +113,25 @@ class FeastAdapter:
     The ``FeatureStore`` is built on first use and kept (building one costs ≈ 1.5 s).
     """
 
-    def __init__(self, repo: Path, yaml_file: Path, redis_url: str | None = None) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        yaml_file: Path,
+        redis_url: str | None = None,
+        registry_url: str | None = None,
+    ) -> None:
         """``repo``: the Feast repo folder; ``yaml_file``: its config (relative: to ``repo``).
 
         ``redis_url`` fills ``${NBA_REDIS_URL}`` in the yaml; otherwise the environment variable,
-        otherwise ``DEFAULT_REDIS_URL``. The process environment is not modified.
+        otherwise ``DEFAULT_REDIS_URL``. ``registry_url`` likewise fills ``${NBA_REGISTRY_URL}``
+        (the SQL registry of ``feature_store.production.yaml``). The process environment is not
+        modified.
         """
         self.repo = Path(repo).resolve()
         yaml_path = Path(yaml_file)
         self.yaml_file = yaml_path if yaml_path.is_absolute() else self.repo / yaml_path
         self._redis_url = redis_url
+        self._registry_url = registry_url
         self._store: FeatureStore | None = None
 
     @property
@@ -142,6 +151,8 @@ class FeastAdapter:
         variables = {"NBA_REDIS_URL": DEFAULT_REDIS_URL, **os.environ}
         if self._redis_url is not None:
             variables["NBA_REDIS_URL"] = self._redis_url
+        if self._registry_url is not None:
+            variables["NBA_REGISTRY_URL"] = self._registry_url
         text = string.Template(self.yaml_file.read_text()).safe_substitute(variables)
         config = RepoConfig(**yaml.safe_load(text))
         # Relative paths (registry, SQLite file, FileSource) resolve against repo_path.
@@ -343,6 +354,10 @@ class DirectOnlineReader:
         self._entity_key = EntityKey
         self._value = Value
         self._to_python = feast_value_type_to_python_type
+        is_sqlite = (
+            str(self._config.online_store.type).lower().endswith(("sqlite", "sqliteonlinestore"))
+        )
+        self._sqlite = _SqliteRows(store, self._views) if is_sqlite else None
 
     def _key(self, customer_id: str) -> object:
         return self._entity_key(
@@ -377,9 +392,102 @@ class DirectOnlineReader:
 
     def read(self, customer_id: str) -> dict[str, object]:
         """``OnlineReader.read``'s result for one customer."""
+        if self._sqlite is not None:
+            return self._sqlite.read_many([customer_id])[0]
         return self.read_with_timestamps([customer_id])[0][0]
 
     def read_many(self, customer_ids: Iterable[str]) -> list[dict[str, object]]:
         """``OnlineReader.read_many``'s result, in the order given."""
         ids = list(customer_ids)
-        return [record for record, _ in self.read_with_timestamps(ids)] if ids else []
+        if not ids:
+            return []
+        if self._sqlite is not None:
+            return self._sqlite.read_many(ids)
+        return [record for record, _ in self.read_with_timestamps(ids)]
+
+
+def _epoch(stamp: object) -> float:
+    """An online-store ``event_ts`` (epoch seconds, or a datetime text in older stores)."""
+    if isinstance(stamp, int | float):
+        return float(stamp)
+    return _utc(datetime.fromisoformat(str(stamp))).timestamp()
+
+
+class _SqliteRows:
+    """The SQLite online store's rows read with one prepared query per view.
+
+    Feast's SQLite ``online_read`` converts every row's ``event_ts`` to a ``datetime`` (one row
+    per entity and feature) and goes through its generic value conversion; on the request
+    path that was most of the read. This reads the same table (Feast's own table id and entity
+    key serialization), parses each ``Value`` proto and converts the scalar kinds this schema
+    uses the way ``feast_value_type_to_python_type`` does, anything else through that function.
+    ``DirectOnlineReader`` uses it for SQLite only; a test compares it with the SDK's reads.
+    """
+
+    def __init__(self, store: FeatureStore, views: list[tuple[object, tuple[str, ...]]]) -> None:
+        import sqlite3
+        import threading
+
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
+
+        config = store.config
+        path = SqliteOnlineStore._get_db_path(config)
+        versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+        self._tables = [
+            (_table_id(config.project, view, versioning), names, view.ttl)  # type: ignore[attr-defined]
+            for view, names in views
+        ]
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._version = config.entity_key_serialization_version
+        self._serialize = serialize_entity_key
+        self._entity_key = EntityKey
+        self._value = Value
+        self._null_ts = NULL_TIMESTAMP_INT_VALUE
+        self._generic = feast_value_type_to_python_type
+
+    def _key(self, customer_id: str) -> bytes:
+        key = self._entity_key(
+            join_keys=[schema.ENTITY], entity_values=[self._value(string_val=customer_id)]
+        )
+        return self._serialize(key, entity_key_serialization_version=self._version)
+
+    def _convert(self, blob: bytes) -> object:
+        value = self._value.FromString(blob)
+        kind = value.WhichOneof("val")
+        if kind is None:
+            return None
+        if kind == "unix_timestamp_val":
+            seconds = value.unix_timestamp_val
+            return None if seconds == self._null_ts else pd.Timestamp(seconds, unit="s", tz=UTC)
+        if kind in ("int64_val", "int32_val", "double_val", "float_val", "bool_val", "string_val"):
+            return getattr(value, kind)
+        return self._generic(value)
+
+    def read_many(
+        self, customer_ids: list[str], now: datetime | None = None
+    ) -> list[dict[str, object]]:
+        keys = [self._key(c) for c in customer_ids]
+        position = {key: i for i, key in enumerate(keys)}
+        out: list[dict[str, object]] = [dict.fromkeys(schema.STORED) for _ in keys]
+        now = now or datetime.now(UTC)
+        with self._lock:
+            for table, names, ttl in self._tables:
+                oldest = (now - ttl).timestamp() if ttl and ttl.total_seconds() > 0 else None
+                wanted = set(names)
+                for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+                    chunk = keys[start : start + 900]
+                    rows = self._db.execute(
+                        f'SELECT entity_key, feature_name, value, event_ts FROM "{table}" '
+                        f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                    for key, name, blob, event_ts in rows:
+                        # Values older than the view's TTL read as missing, as in the SDK.
+                        if name in wanted and (oldest is None or _epoch(event_ts) >= oldest):
+                            out[position[key]][name] = self._convert(blob)
+        return out

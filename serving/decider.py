@@ -138,6 +138,7 @@ class Decider:
         if model is not None:
             self._names: list[str] = list(model.estimator.feature_names_)
             self._actions: tuple[str, ...] = tuple(model.estimator.actions_)
+            self._columns = [ACTIONS.index(a) for a in self._actions]
 
     # ---------------------------------------------------------------- public
 
@@ -215,6 +216,20 @@ class Decider:
             uplifts[:, ACTIONS.index(action)] = effects["converted"][:, j]
         return values, uplifts
 
+    def _score_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_score`` for one row through the estimator's single-row path when it has one."""
+        assert self.model is not None
+        estimator = self.model.estimator
+        row_path = getattr(estimator, "predict_effects_row", None)
+        effects = row_path(x) if row_path is not None else estimator.predict_effects(x[None, :])
+        ev = expected_value(effects, self._actions, self.costs)[0]
+        values = np.zeros(len(ACTIONS))
+        uplifts = np.zeros(len(ACTIONS))
+        for j, column in enumerate(self._columns):
+            values[column] = ev[j]
+            uplifts[column] = effects["converted"][0, j]
+        return values, uplifts
+
     def _decide_with(
         self,
         request: Request,
@@ -231,8 +246,7 @@ class Decider:
             if self.model is None:
                 return self._degraded(request, now, "no model loaded", started, row, found)
             try:
-                values, uplifts = self._score(self._vector(row)[None, :])
-                scored = (values[0], uplifts[0])
+                scored = self._score_one(self._vector(row))
             except Exception as error:
                 return self._degraded(request, now, f"model failed: {_brief(error)}", started,
                                       row, found)  # fmt: skip

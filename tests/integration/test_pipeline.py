@@ -99,3 +99,28 @@ def test_pushed_case_opened_is_visible_in_next_read(
     assert after["last_negative_kind"] == "complaint"
     # The profile view is untouched by the push.
     assert after["lifetime_miles"] == before["lifetime_miles"]
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and a != a:
+        return isinstance(b, float) and b != b
+    return a == b and type(a) is type(b)
+
+
+def test_direct_reader_reads_what_the_sdk_reads(built: tuple[FeastAdapter, pd.DataFrame]) -> None:
+    adapter, table = built
+    sdk, direct = adapter.online_reader(), adapter.direct_reader()
+    ids = [*table[schema.ENTITY].drop_duplicates(), "NOBODY-1", "NOBODY-2"]
+    many = direct.read_many(ids)
+    for customer, row in zip(ids, many, strict=True):
+        expected = sdk.read(customer)
+        assert row.keys() == expected.keys()
+        for name, value in expected.items():
+            assert _same(row[name], value), (customer, name, row[name], value)
+        single = direct.read(customer)
+        assert all(_same(single[n], v) for n, v in expected.items()), customer
+    # Timestamps of the realtime view: present for known customers, None for unknown ones.
+    stamped = direct.read_with_timestamps([*ids[:3], "NOBODY-1"])
+    assert all(ts is not None for _, ts in stamped[:3]) and stamped[3][1] is None

@@ -37,6 +37,7 @@ def world() -> RawData:
 
 def historical(world: RawData) -> Any:
     """A stand-in for FeastAdapter.historical: the same features from the pure function."""
+
     def retrieve(entity_df: pd.DataFrame) -> pd.DataFrame:
         return build_features(world, entity_df)
 

@@ -178,13 +178,12 @@ def features(
     """Validate DIR, build the feature tables, `feast apply`, materialize the online store."""
     from features.build import build_feature_table
     from features.contract import load_raw
-    from features.store import FeastAdapter
 
     settings = load_settings()
     snapshot = _parse_time(as_of, "--as-of")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
-    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    adapter = settings.feast_adapter()
     with Stages("features", total=5) as stage:
         stage(f"validating {raw}")
         world = load_raw(raw)
@@ -230,7 +229,6 @@ def train(
 ) -> None:
     """Train and evaluate on DIR's decisions, log to MLflow, register, gate the champion."""
     from features.contract import load_raw
-    from features.store import FeastAdapter
     from training.pipeline import run_training
     from training.tracking import Tracker
 
@@ -252,7 +250,7 @@ def train(
         "engine": settings.train_engine,
         "dask_scheduler": settings.dask_scheduler,
     }
-    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    adapter = settings.feast_adapter()
     tracker = Tracker(
         settings.mlflow_tracking_uri,
         artifact_location=settings.mlflow_artifact_location,
@@ -375,7 +373,6 @@ def score(
     ] = None,
 ) -> None:
     """Offline decisions with point-in-time features, the champion model and the live policy."""
-    from features.store import FeastAdapter
     from serving.guardrails import load_rules
     from serving.score import read_requests
     from serving.score import score as run_score
@@ -397,7 +394,7 @@ def score(
         artifact_location=settings.mlflow_artifact_location,
         experiment=settings.mlflow_experiment,
     )
-    adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml)
+    adapter = settings.feast_adapter()
     with Stages("scoring", total=3) as stage:
         stage("loading the champion model")
         model = tracker.load()

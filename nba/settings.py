@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from features.store import FeastAdapter
     from monitoring.drift import DriftConfig
 
 from training.value import ActionCosts
@@ -21,6 +22,18 @@ from training.value import ActionCosts
 #: The project checkout (the folder holding ``pyproject.toml``); defaults are relative to it so
 #: that the commands work from any working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+#: What ``NBA_PROFILE=production`` changes, unless the setting is given explicitly: the Redis
+#: online store and the Feast SQL registry on PostgreSQL (``feature_store.production.yaml``), the
+#: MLflow tracking server (artifacts proxied by the server, so no local artifact folder), the
+#: promo history in Redis (shared across hosts) and several service workers.
+PRODUCTION_DEFAULTS: dict[str, object] = {
+    "online_store": "redis",
+    "mlflow_tracking_uri": "http://127.0.0.1:5000",
+    "mlflow_artifact_location": None,
+    "promo_store": "redis",
+}
 
 
 class Settings(BaseSettings):
@@ -32,6 +45,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NBA_", extra="ignore")
 
+    profile: Literal["embedded", "production"] = Field(
+        default="embedded",
+        description="embedded: SQLite online store and registry, local MLflow store, promo "
+        "history in a SQLite file (nothing to run). production: see PRODUCTION_DEFAULTS.",
+    )
     feature_repo: Path = Field(
         default=PROJECT_ROOT / "feature_repo",
         description="The Feast repository (declarations, feature_store*.yaml, data/).",
@@ -41,6 +59,11 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="127.0.0.1:6379", description="Redis connection string for the redis profile."
+    )
+    registry_url: str = Field(
+        default="postgresql+psycopg2://postgres@127.0.0.1:5432/nba_registry",
+        description="SQLAlchemy URL of the Feast SQL registry (production profile). Name the "
+        "driver: a bare postgresql:// selects psycopg 3, which is not installed.",
     )
     base_currency: str | None = Field(
         default=None,
@@ -54,9 +77,10 @@ class Settings(BaseSettings):
         default=f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}",
         description="MLflow tracking store (a database URI; the old file store is refused).",
     )
-    mlflow_artifact_location: str = Field(
+    mlflow_artifact_location: str | None = Field(
         default=str(PROJECT_ROOT / "mlruns" / "artifacts"),
-        description="Where MLflow keeps run artifacts (models, plots) for new experiments.",
+        description="Where MLflow keeps run artifacts (models, plots) for new experiments; "
+        "unset or empty: the tracking server's default (its --artifacts-destination).",
     )
     mlflow_experiment: str = Field(default="nba-uplift", description="MLflow experiment name.")
     cost_promo_fare_share: float = Field(
@@ -105,6 +129,12 @@ class Settings(BaseSettings):
     promo_history_path: Path = Field(
         default=PROJECT_ROOT / "logs" / "promo_history.db",
         description="SQLite file of recent promos shared by the workers (frequency cap).",
+    )
+    promo_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="Where the promo frequency cap's history lives: a SQLite file shared by the "
+        "workers of one host (NBA_PROMO_HISTORY_PATH), or Redis (NBA_REDIS_URL), shared by "
+        "every host.",
     )
     fast_path: bool = Field(
         default=True,
@@ -158,6 +188,25 @@ class Settings(BaseSettings):
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: object) -> object:
+        # Runs on the merged sources (keys are field names): explicit settings win over the
+        # profile's defaults. Workers: one per core, at least two, unless given.
+        if not isinstance(data, dict) or str(data.get("profile", "")).lower() != "production":
+            return data
+        defaults = {**PRODUCTION_DEFAULTS, "serve_workers": max(2, os.cpu_count() or 2)}
+        return {**defaults, **data}
+
+    @model_validator(mode="after")
+    def _production_is_redis(self) -> Settings:
+        # feature_store.production.yaml has one online store: a SQLite store per host would
+        # defeat the shared registry.
+        if self.profile == "production" and self.online_store != "redis":
+            raise ValueError("NBA_PROFILE=production uses the Redis online store: unset "
+                             "NBA_ONLINE_STORE or set it to redis")  # fmt: skip
+        return self
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -171,7 +220,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: str | None) -> str | None:
         return value.upper() if value else None
 
-    @field_validator("dask_scheduler")
+    @field_validator("dask_scheduler", "mlflow_artifact_location")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         # NBA_DASK_SCHEDULER= (set but empty) means "no scheduler", not an address "".
@@ -205,9 +254,18 @@ class Settings(BaseSettings):
 
     @property
     def feature_store_yaml(self) -> Path:
-        """The Feast config file for the selected online store."""
+        """The Feast config file for the profile and the selected online store."""
+        if self.profile == "production":
+            return self.feature_repo / "feature_store.production.yaml"
         name = "feature_store.yaml" if self.online_store == "sqlite" else "feature_store.redis.yaml"
         return self.feature_repo / name
+
+    def feast_adapter(self) -> FeastAdapter:
+        """The Feast adapter of these settings (its yaml's ``${NBA_*}`` filled from them)."""
+        from features.store import FeastAdapter
+
+        return FeastAdapter(self.feature_repo, self.feature_store_yaml, self.redis_url,
+                            registry_url=self.registry_url)  # fmt: skip
 
 
 def load_settings(**overrides: object) -> Settings:

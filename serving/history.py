@@ -5,8 +5,9 @@ the last 7 days. Several service workers (and replicas on one host) must see eac
 promos at once, or a customer who searches twice could get two promos from two workers: the
 history is a small SQLite table in WAL mode shared by every worker through one file (readers
 never block the writer). A promo is recorded synchronously when it is chosen, before the
-response leaves, so the next request sees it whichever worker answers. The production profile
-(Redis) would use a shared sorted set; one file is enough on one host.
+response leaves, so the next request sees it whichever worker answers. One file is enough on one
+host; the production profile (``NBA_PROMO_STORE=redis``) keeps the history in Redis, one sorted
+set per customer, so that every host behind a load balancer sees every promo.
 
 If the history cannot be read, ``count`` returns None: the guardrail treats a missing value as
 "fires" (fail closed), so no promo goes out rather than too many.
@@ -17,9 +18,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +116,78 @@ class SqlitePromoHistory:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+
+def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
+    """A ``redis.Redis`` for a Feast-style connection string (``host:port[,key=value…]``).
+
+    The same string as the Redis online store's (``NBA_REDIS_URL``), so one setting points
+    both at one server. Options understood: ``db``, ``password``, ``username``, ``ssl``.
+    ``timeout`` bounds connect and each command: an unreachable Redis must turn into a blocked
+    promo within a request, not hang it.
+    """
+    import redis
+
+    address, *options = [part.strip() for part in connection_string.split(",") if part.strip()]
+    host, _, port = address.rpartition(":")
+    kwargs: dict[str, Any] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        key = key.strip().lower()
+        if key == "db":
+            kwargs["db"] = int(value)
+        elif key in ("password", "username"):
+            kwargs[key] = value
+        elif key == "ssl":
+            kwargs["ssl"] = value.strip().lower() in ("true", "1", "yes")
+    return redis.Redis(
+        host=host or "127.0.0.1",
+        port=int(port or 6379),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **kwargs,
+    )
+
+
+class RedisPromoHistory:
+    """The history in Redis, shared by every worker of every host.
+
+    One sorted set per customer (``<prefix><customer_id>``), scored by epoch microseconds; a
+    count is one ``ZCOUNT``, an add one pipelined ``ZADD`` + trim + ``EXPIRE`` round trip, so a
+    quiet customer's key disappears ``keep_days`` after their last promo. Members are unique
+    (time and a random suffix): two promos in the same microsecond still count twice.
+    """
+
+    def __init__(self, client: Any, prefix: str = "nba:promos:", keep_days: float = 8.0) -> None:
+        self._redis = client
+        self.prefix = prefix
+        self.keep_days = keep_days
+
+    @staticmethod
+    def _us(moment: datetime) -> int:
+        return int(moment.timestamp() * 1_000_000)
+
+    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
+        import redis
+
+        start = self._us(now - timedelta(days=days))
+        try:
+            # "(" makes the lower bound exclusive: the window is (now - days, now].
+            return int(self._redis.zcount(self.prefix + customer_id, f"({start}", self._us(now)))
+        except redis.RedisError as error:
+            logger.warning("promo history unreadable (%s): promos blocked", error)
+            return None
+
+    def add(self, customer_id: str, at: datetime) -> None:
+        key = self.prefix + customer_id
+        stamp = self._us(at)
+        cutoff = self._us(at - timedelta(days=self.keep_days))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {f"{stamp}-{uuid.uuid4().hex[:8]}": stamp})
+        pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
+        pipe.expire(key, int(self.keep_days * 86_400))
+        pipe.execute()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._redis.close()

@@ -32,7 +32,7 @@ from features import decision_log, schema
 from features.events import apply_event
 from serving.decider import Decider, LoadedModel
 from serving.guardrails import load_rules
-from serving.history import SqlitePromoHistory
+from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.logwriter import LogWriter
 from serving.policy import DailyBudget
 
@@ -80,6 +80,19 @@ def load_champion(settings: Any) -> LoadedModel:
     return LoadedModel(tracker.load(info.version), f"{tracker.model_name}/{info.version}")
 
 
+def open_promo_history(settings: Any) -> PromoHistory:
+    """The promo history of ``settings.promo_store``: one SQLite file per host, or Redis.
+
+    Redis keys are prefixed with the environment name so that two deployments (or test runs)
+    sharing a Redis never count each other's promos.
+    """
+    if settings.promo_store == "redis":
+        return RedisPromoHistory(
+            redis_client(settings.redis_url), prefix=f"nba:{settings.environment}:promos:"
+        )
+    return SqlitePromoHistory(Path(settings.promo_history_path))
+
+
 @dataclass
 class Runtime:
     """A worker's loaded state; see the module docstring."""
@@ -109,10 +122,7 @@ class Runtime:
             logger.error("starting degraded: %s", problems[-1])
         adapter = reader = None
         try:
-            from features.store import FeastAdapter
-
-            adapter = FeastAdapter(settings.feature_repo, settings.feature_store_yaml,
-                                   settings.redis_url)  # fmt: skip
+            adapter = settings.feast_adapter()
             reader = adapter.direct_reader()
         except Exception as error:
             problems.append(f"feature store not opened: {type(error).__name__}: {error}")
@@ -139,7 +149,7 @@ class Runtime:
             rules=rules,
             costs=settings.action_costs(),
             budget=DailyBudget(settings.apology_budget_per_day, lambda: datetime.now(UTC)),
-            history=SqlitePromoHistory(Path(settings.promo_history_path)),
+            history=open_promo_history(settings),
             log=decision_writer.append,
             epsilon=settings.explore_epsilon,
             rng=random.Random(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ class LogWriter:
         folder: Path,
         arrow_schema: pa.Schema,
         time_column: str,
-        flush_seconds: float = 1.0,
+        flush_seconds: float = 5.0,
         max_rows: int = 50_000,
     ) -> None:
         self.folder = folder
@@ -58,23 +59,35 @@ class LogWriter:
         self._queue.put(row)
 
     def _run(self) -> None:
+        # Collect rows until the flush deadline (or max_rows, or the stop marker), then write
+        # them as one part: one file per flush interval, not per row.
         stop = False
         while not stop:
-            try:
-                item = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                item = None
-            while item is not None:
+            deadline = time.monotonic() + self.flush_seconds
+            while not stop:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                self._pending.append(item)
+                if len(self._pending) >= self.max_rows:
+                    self._flush()
+            # Whatever is queued behind the stop marker or the deadline goes in this flush.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 if item is _STOP:
                     stop = True
                 else:
                     self._pending.append(item)
-                    if len(self._pending) >= self.max_rows:
-                        self._flush()
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
             self._flush()
 
     def _flush(self) -> None:

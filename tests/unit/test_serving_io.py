@@ -98,3 +98,15 @@ def test_facts_read_like_sentences() -> None:
         "already compensated for the delay",
         "crossed 1,000,000 miles yesterday",
     ]
+
+
+def test_log_writer_writes_one_part_per_interval_not_per_row(tmp_path: Path) -> None:
+    writer = LogWriter(tmp_path, decision_log.DECISION_SCHEMA, "decided_at", flush_seconds=30)
+    for i in range(300):
+        writer.append({"decision_id": f"d{i}", "customer_id": "C", "decided_at": T0,
+                       "action": "none"})  # fmt: skip
+        if i % 50 == 0:
+            threading.Event().wait(0.01)  # rows trickle in, as requests do
+    writer.close()
+    parts = list(tmp_path.glob("date=*/part-*.parquet"))
+    assert len(parts) == 1 and len(decision_log.read_decisions(tmp_path)) == 300

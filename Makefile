@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?= data/raw
 CUSTOMERS ?= 20000
 
-.PHONY: demo test lint bench-features bench-decide clean
+.PHONY: demo test lint bench-features bench-decide constraints clean
 
 $(BIN)/nba: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench-features: $(BIN)/nba
 
 bench-decide: $(BIN)/nba
 	$(BIN)/python benchmarks/decide.py
+
+## The Docker image's pins (constraints.txt, checked by the tests): rerun after a dependency change.
+constraints: $(BIN)/nba
+	$(BIN)/python tools/constraints.py
 
 clean:
 	rm -rf data feature_repo/data/*.parquet feature_repo/data/*.db

@@ -7,13 +7,19 @@ keep-alive connections (an asyncio client: one coroutine per connection, bounded
 requests) at each concurrency, and prints one table:
 
     python benchmarks/decide.py [--requests 4000] [--concurrency 1 8 32] [--workers 2]
-        [--batch 10000] [--customers 5000]
+        [--batch 10000] [--customers 5000] [--compare-redis]
 
 Latency is measured by this client per request (send to last byte), after a warm-up; the
 in-process rows time ``Decider.decide`` and ``decide_batch`` directly, without HTTP.
 Targets (issue 4, 2 cores, SQLite store): in-process p99 <= 1 ms; HTTP p99 <= 3 ms at
 concurrency 1; at concurrency 8 p99 <= 10 ms with >= 1,000 decisions/s; batch >= 20,000/s.
 The client shares the 2 cores with the server: HTTP figures are upper bounds on latency.
+
+``--compare-redis`` then materializes the same feature table into Redis (``NBA_REDIS_URL``) and
+measures HTTP ``/decide`` at each concurrency three ways, one server after the other with the
+same workers: SQLite online store and promo history (the embedded default), Redis online store
+with the SQLite promo history, and Redis for both (the production profile's request path). The
+promo history keys it writes to Redis (``nba:bench-<pid>:promos:``) are deleted at the end.
 """
 
 from __future__ import annotations
@@ -103,8 +109,10 @@ async def load(
     return latencies, time.perf_counter() - started
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NBA_API_KEYS": KEY, "NBA_EXPLORE_EPSILON": "0.05"}
+def start_server(
+    port: int, workers: int, overrides: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NBA_API_KEYS": KEY, "NBA_EXPLORE_EPSILON": "0.05", **(overrides or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "nba.cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
@@ -186,6 +194,51 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
     return rows
 
 
+#: The stores compared by --compare-redis: (label, settings of the server).
+STORE_VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("sqlite features, sqlite promos", {"NBA_ONLINE_STORE": "sqlite", "NBA_PROMO_STORE": "sqlite"}),
+    ("redis features, sqlite promos", {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "sqlite"}),
+    ("redis features, redis promos", {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "redis"}),
+]
+
+
+def compare_stores(
+    ids: list[str], requests: int, concurrencies: list[int], workers: int
+) -> list[tuple[str, ...]]:
+    """HTTP /decide at each concurrency for each of ``STORE_VARIANTS`` (one server at a time)."""
+    from nba.settings import load_settings
+    from serving.history import redis_client
+
+    settings = load_settings(online_store="redis")
+    started = time.perf_counter()
+    settings.feast_adapter().materialize(end=datetime.now(UTC))
+    print(f"materialized into Redis in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    environment = f"bench-{os.getpid()}"
+    rows: list[tuple[str, ...]] = []
+    try:
+        for label, overrides in STORE_VARIANTS:
+            port = free_port()
+            server = start_server(port, workers, {**overrides, "NBA_ENVIRONMENT": environment})
+            try:
+                asyncio.run(load(port, ids, 500, 4))  # warm-up
+                for c in concurrencies:
+                    latencies, seconds = asyncio.run(load(port, ids, requests, c))
+                    ms = np.array(latencies) * 1000
+                    p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
+                    rate = len(ms) / seconds
+                    rows.append((label, str(c), f"{len(ms):,}", f"{p50:.2f}", f"{p99:.2f}",
+                                 f"{rate:,.0f}"))  # fmt: skip
+            finally:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
+    finally:
+        client = redis_client(settings.redis_url)
+        keys = list(client.scan_iter(match=f"nba:{environment}:promos:*", count=10_000))
+        if keys:
+            client.delete(*keys)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
@@ -193,6 +246,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument(
+        "--compare-redis",
+        action="store_true",
+        help="also HTTP /decide with the Redis online store and promo history (see docstring)",
+    )
     args = parser.parse_args()
 
     ids = customer_ids(args.customers)
@@ -244,6 +302,17 @@ def main() -> None:
     for row in rows:
         table.add_row(*row)
     Console(width=140).print(table)
+    if args.compare_redis:
+        concurrencies = [c for c in args.concurrency if c > 1] or args.concurrency
+        compared = Table(
+            title=f"HTTP /decide by store ({args.workers} worker(s), {os.cpu_count()} cores, "
+            f"{args.requests:,} requests per row, one server at a time)"
+        )
+        for column in ("stores", "concurrency", "requests", "p50 ms", "p99 ms", "decisions/s"):
+            compared.add_column(column, justify="left" if column == "stores" else "right")
+        for row in compare_stores(ids, args.requests, concurrencies, args.workers):
+            compared.add_row(*row)
+        Console(width=140).print(compared)
 
 
 if __name__ == "__main__":

@@ -192,10 +192,13 @@ class Settings(BaseSettings):
     @classmethod
     def _profile_defaults(cls, data: object) -> object:
         # Runs on the merged sources (keys are field names): explicit settings win over the
-        # profile's defaults. Workers: one per core, at least two, unless given.
+        # profile's defaults. Workers: one per core this process may run on (the affinity
+        # mask, not the host's count; a CPU quota is not visible: set NBA_SERVE_WORKERS), at
+        # least two.
         if not isinstance(data, dict) or str(data.get("profile", "")).lower() != "production":
             return data
-        defaults = {**PRODUCTION_DEFAULTS, "serve_workers": max(2, os.cpu_count() or 2)}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        defaults = {**PRODUCTION_DEFAULTS, "serve_workers": max(2, cores or os.cpu_count() or 2)}
         return {**defaults, **data}
 
     @model_validator(mode="after")

@@ -294,8 +294,12 @@ class Decider:
         if target != NONE and self.model is not None and self.top_contributions > 0:
             try:
                 x = self._vector(row)
-                frame = self.model.estimator.contributions(x[None, :])
-                contrib = frame.loc[target].to_numpy()[: len(self._names)]
+                estimator = self.model.estimator
+                if hasattr(estimator, "contributions_row"):
+                    contrib = estimator.contributions_row(x, target)
+                else:
+                    frame = estimator.contributions(x[None, :])
+                    contrib = frame.loc[target].to_numpy()[: len(self._names)]
                 out += explain.contribution_texts(self._names, x, contrib, target,
                                                   self.top_contributions)  # fmt: skip
             except Exception as error:  # explanations never fail a decision

@@ -682,6 +682,32 @@ class MultiActionUplift(BaseEstimator):
             "base_revenue": p_conv[k : k + 1] * fare,
         }
 
+    def contributions_row(self, x: Array, action: str) -> Array:
+        """``contributions(x)`` for one action, without the bias: one value per feature.
+
+        The S-learner's two TreeSHAP passes (the action's row and the control's) go through
+        the single-row fast C API; the other learners use ``contributions``.
+        """
+        check_is_fitted(self, "models_")
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        if self.method != "s":
+            return self.contributions(x[None, :]).loc[action].to_numpy()[: self.n_features_in_]
+        explainer = self.__dict__.get("_row_explainer")
+        if explainer is None:
+            from training.fastpredict import CONTRIB, RowPredictor
+
+            booster = self.models_[(self.actions_[0], "converted")]
+            explainer = RowPredictor(booster, CONTRIB)
+            self.__dict__["_row_explainer"] = explainer
+        k = len(self.actions_)
+        j = list(self.actions_).index(action)
+        row = np.zeros(self.n_features_in_ + k)
+        row[: self.n_features_in_] = x
+        control = explainer(row)
+        row[self.n_features_in_ + j] = 1.0
+        treated = explainer(row)
+        return (treated - control)[: self.n_features_in_]
+
     def _build_row_predictors(self) -> tuple[Any, Any, Any, Array, list[int]]:
         """Single-row predictors of the S-learner's three boosters and a design buffer; kept
         out of pickles (``__getstate__``) since their handles belong to this process."""
@@ -704,6 +730,7 @@ class MultiActionUplift(BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state.pop("_row_predictors", None)
+        state.pop("_row_explainer", None)
         return state
 
     def _uplift(

@@ -80,3 +80,15 @@ def test_push_is_visible_in_the_next_read(adapter: FeastAdapter) -> None:
     assert after["open_case_count"] == 1
     assert after["oldest_open_case_at"] == opened
     assert after["oldest_open_case_id"] == "case-1"
+
+
+def test_direct_reader_reads_what_the_sdk_reads(adapter: FeastAdapter) -> None:
+    sdk, direct = adapter.online_reader(), adapter.direct_reader()
+    ids = [*CUSTOMERS, "nobody"]
+    for customer, row in zip(ids, direct.read_many(ids), strict=True):
+        expected = sdk.read(customer)
+        assert row == expected, customer
+        assert direct.read(customer) == expected
+        for name, kind in schema.STORED.items():
+            if kind == "timestamp" and expected[name] is not None:
+                assert type(row[name]) is type(expected[name]) and row[name] == expected[name]

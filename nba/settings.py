@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "logs" / "events",
         description="Where the service appends the /events it received (offline copy).",
     )
+    log_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often the service writes its queued decision-log rows (one part each).",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API keys accepted in the X-API-Key header (NBA_API_KEYS, comma-separated). "

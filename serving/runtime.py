@@ -138,10 +138,13 @@ class Runtime:
                 raise RuntimeError("feature store not opened")
             return reader.read_many(ids)
 
+        flush = settings.log_flush_seconds
         decision_writer = LogWriter(
-            Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA, "decided_at"
+            Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA, "decided_at", flush
         )
-        event_writer = LogWriter(Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts")
+        event_writer = LogWriter(
+            Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts", flush
+        )
         decider = Decider(
             model=model,
             read=read,

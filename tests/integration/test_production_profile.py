@@ -30,7 +30,13 @@ import pandas as pd
 import pytest
 
 from features import schema
-from tests.integration.test_service_http import Client, free_port, start_server, stop
+from tests.integration.test_service_http import (
+    Client,
+    free_port,
+    promo_of,
+    start_server,
+    stop,
+)
 from tests.integration.test_train_cli import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
@@ -240,10 +246,6 @@ def quiet_customers(loop: dict[str, Any]) -> list[str]:
         & ~latest.unsubscribed
     ]
     return list(quiet[schema.ENTITY])
-
-
-def promo_of(decision: dict[str, Any]) -> dict[str, Any]:
-    return next(r for r in decision["ranking"] if r["action"] == "promo")
 
 
 def test_the_service_decides_from_redis(loop: dict[str, Any]) -> None:

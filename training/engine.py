@@ -6,9 +6,9 @@ worker of a cluster (data-parallel LightGBM: each worker builds histograms on it
 workers merge them over LightGBM's own sockets), and comes back as a plain ``lightgbm.Booster``,
 so a model trained on Dask predicts, pickles and serves exactly like a local one.
 
-The feature matrix is sent to the workers once per fit (``DaskData``), split in one block per
-worker; each model then selects its rows on the workers, so that only labels and weights travel
-per model.
+The feature matrix is sent to the workers once per fit (``DaskData``), a random share of its
+rows to each; each model then selects its rows on the workers, so that only labels and weights
+travel per model.
 
 Models are trained one after another: a ``lightgbm.dask`` fit occupies one thread on every
 worker until all of them finish, so two concurrent fits on single-threaded workers could each
@@ -115,58 +115,77 @@ def _silence_stdout() -> None:
 
 @dataclass
 class DaskData:
-    """A feature matrix scattered over a cluster once: one contiguous block of rows per worker.
+    """A feature matrix scattered over a cluster once: one block of rows per worker.
 
-    ``select(rows)`` gives a Dask array of those rows (global positions) built on the workers
-    from the blocks already there, with one chunk per non-empty block.
+    Rows go to workers at random (balanced, seeded), not in contiguous ranges: distributed
+    LightGBM finds each feature's bin boundaries from one worker's rows, and a log sorted by
+    time would otherwise give it only the earliest or the latest decisions.
+
+    ``select(rows)`` gives a Dask array of those rows built on the workers from the blocks
+    already there (one chunk per worker holding any of them); ``vector`` gives labels and
+    weights in the same order.
     """
 
     client: Client
+    #: Worker address and the future of its block, per block.
+    workers: list[str]
     blocks: list[Any]
-    starts: Array
+    #: Block of each row of ``X``, and its position within that block.
+    owner: Array
+    position: Array
     n_features: int
 
     @classmethod
-    def scatter(cls, client: Client, X: Array) -> DaskData:
-        """Send ``X`` to the workers, one block of rows to each."""
+    def scatter(cls, client: Client, X: Array, seed: int = 0) -> DaskData:
+        """Send ``X`` to the workers, a random ``1 / workers`` share of its rows to each."""
         workers = sorted(client.scheduler_info()["workers"])
-        bounds = np.linspace(0, len(X), len(workers) + 1).astype(np.int64)
-        blocks = [
-            client.scatter(X[lo:hi], workers=[worker], broadcast=False)
-            for worker, lo, hi in zip(workers, bounds[:-1], bounds[1:], strict=True)
-        ]
-        return cls(client, blocks, bounds, X.shape[1])
+        k = len(workers)
+        owner = np.random.default_rng(seed).permutation(np.arange(len(X)) % k)
+        position = np.empty(len(X), dtype=np.int64)
+        blocks = []
+        for w, worker in enumerate(workers):
+            mine = np.flatnonzero(owner == w)
+            position[mine] = np.arange(len(mine))
+            blocks.append(client.scatter(X[mine], workers=[worker], broadcast=False))
+        return cls(client, workers, blocks, owner, position, X.shape[1])
 
     def chunks(self, rows: Array) -> list[Array]:
-        """``rows`` (sorted global positions) split by block, as positions within each block."""
-        cuts = np.searchsorted(rows, self.starts)
-        return [
-            rows[lo:hi] - start
-            for lo, hi, start in zip(cuts[:-1], cuts[1:], self.starts[:-1], strict=True)
-        ]
+        """``rows`` (positions in ``X``) split by block, in their order: one array per block."""
+        held_by = self.owner[rows]
+        return [rows[held_by == w] for w in range(len(self.blocks))]
 
     def select(self, rows: Array) -> Any:
-        """A Dask array of ``X[rows]`` (``rows`` sorted), computed where the blocks are."""
+        """A Dask array of the rows ``rows`` of ``X``, in ``chunks(rows)`` order."""
         import dask.array as da
 
+        held = zip(self.workers, self.blocks, self.chunks(rows), strict=True)
         parts = [
             da.from_delayed(
-                # A built-in function: a remote cluster's workers need no code of ours.
-                self.client.submit(operator.getitem, block, local, pure=False),
-                shape=(len(local), self.n_features),
+                # A built-in function, so a remote cluster's workers need no code of ours; on
+                # the block's own worker, so that each worker trains on its share.
+                self.client.submit(
+                    operator.getitem,
+                    block,
+                    self.position[chunk],
+                    workers=[worker],
+                    allow_other_workers=False,
+                    pure=False,
+                ),
+                shape=(len(chunk), self.n_features),
                 dtype=np.float64,
             )
-            for block, local in zip(self.blocks, self.chunks(rows), strict=True)
-            if len(local)
+            for worker, block, chunk in held
+            if len(chunk)
         ]
         return da.concatenate(parts, axis=0)
 
     def vector(self, values: Array, rows: Array) -> Any:
-        """A Dask array of ``values[rows]`` chunked like ``select(rows)`` (labels, weights)."""
+        """A Dask array of ``values`` at ``rows``, ordered and chunked like ``select(rows)``."""
         import dask.array as da
 
-        sizes = tuple(len(local) for local in self.chunks(rows) if len(local))
-        return da.from_array(np.ascontiguousarray(values[rows]), chunks=(sizes,))
+        chunks = [chunk for chunk in self.chunks(rows) if len(chunk)]
+        ordered = np.concatenate([values[chunk] for chunk in chunks])
+        return da.from_array(ordered, chunks=(tuple(len(chunk) for chunk in chunks),))
 
 
 def train_dask(
@@ -182,7 +201,7 @@ def train_dask(
 
     Args:
         data: the feature matrix on the cluster.
-        rows: sorted positions of the training rows; ``label`` and ``weight`` are full-length
+        rows: positions of the training rows in ``X``; ``label`` and ``weight`` are full-length
             and indexed by them.
         params: ``lightgbm.train`` parameters (LightGBM names), including ``objective``.
         num_boost_round: trees to grow.

@@ -150,7 +150,8 @@ class MultiActionUplift(BaseEstimator):
         Propensities below this are raised to it before dividing by them (caps weights at
         ``1 / propensity_clip``).
     random_state
-        Seed of the fold split and of LightGBM; a given seed gives identical models.
+        Seed of the fold split and of LightGBM; a given seed gives identical models (with the
+        local engine: see ``engine``).
     n_jobs
         Models trained at once, each on one LightGBM thread (-1: one per core). Parallelism is
         across the independent models, not OpenMP threads inside each: on 2 cores, ``"dr"`` on
@@ -162,7 +163,9 @@ class MultiActionUplift(BaseEstimator):
         ``"local"`` (this process) or ``"dask"`` (``lightgbm.dask`` on a Dask cluster, one
         model at a time over all workers; needs the ``distributed`` package). Models differ
         slightly between engines (distributed LightGBM finds bin boundaries per worker), not
-        their kind: ``models_`` holds plain Boosters either way.
+        their kind: ``models_`` holds plain Boosters either way. Dask fits are not
+        bit-reproducible (which worker bins which feature follows the order lightgbm.dask
+        ranks them in); their quality is, within noise (``tests/integration``).
     dask_scheduler
         Address of the Dask scheduler for ``engine="dask"`` (e.g. ``"tcp://10.0.0.5:8786"``);
         None starts a two-worker ``LocalCluster`` for the fit and closes it after. Ignored by
@@ -353,7 +356,7 @@ class MultiActionUplift(BaseEstimator):
     def _prepare(self, X: Array, names: list[str], validation: Array | None, client: Any) -> _Data:
         """``X`` made ready once for all the models of a fit: binned (local) or scattered."""
         if client is not None:
-            return _Data(X, None, DaskData.scatter(client, X), validation)
+            return _Data(X, None, DaskData.scatter(client, X, self.random_state), validation)
         # One binned copy gives every model the same bin boundaries; models train on subsets
         # of it. A constant label: subsets need one, each model sets its own.
         binned = lgb.Dataset(

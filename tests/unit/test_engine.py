@@ -154,9 +154,17 @@ def test_trimmed_keeps_the_first_trees() -> None:
 
 
 def test_dask_data_splits_rows_by_block() -> None:
-    """Global row positions map to positions inside each worker's block (no cluster needed)."""
-    data = DaskData(client=None, blocks=[None, None, None], starts=np.array([0, 4, 7, 10]),
-                    n_features=2)  # fmt: skip
-    chunks = data.chunks(np.array([1, 3, 4, 9]))
-    assert [c.tolist() for c in chunks] == [[1, 3], [0], [2]]
-    assert [c.tolist() for c in data.chunks(np.array([5, 6]))] == [[], [1, 2], []]
+    """Rows map to the block holding them and their position there; labels follow the same
+    order (no cluster needed)."""
+    owner = np.array([0, 1, 1, 0, 2, 1, 0, 2, 2, 0])
+    position = np.array([0, 0, 1, 1, 0, 2, 2, 1, 2, 3])
+    data = DaskData(client=None, workers=["a", "b", "c"], blocks=[None, None, None],
+                    owner=owner, position=position, n_features=2)  # fmt: skip
+    rows = np.array([1, 3, 4, 6, 9])
+    assert [c.tolist() for c in data.chunks(rows)] == [[3, 6, 9], [1], [4]]
+    labels = np.arange(10) * 10.0
+    vector = data.vector(labels, rows)
+    assert vector.chunks == ((3, 1, 1),)
+    np.testing.assert_array_equal(vector.compute(), [30.0, 60.0, 90.0, 10.0, 40.0])
+    # A block holding none of the rows gives no (empty) chunk.
+    assert data.vector(labels, np.array([1, 2])).chunks == ((2,),)

@@ -124,7 +124,8 @@ def test_train_on_dask(env: dict[str, str], tmp_path: Path) -> None:
         "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "NBA_MLFLOW_ARTIFACT_LOCATION": str(tmp_path / "artifacts"),
     }
-    result = run("train", "--raw", env["RAW"], *GOOD, "--force", env=dask_env)
+    # Few trees: this checks the wiring; quality against the local engine is test_dask_training's.
+    result = run("train", "--raw", env["RAW"], "--n-estimators", "30", "--force", env=dask_env)
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "version 1: promoted to champion" in out and "oracle" in out

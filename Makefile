@@ -27,7 +27,7 @@ demo: $(BIN)/nba
 ## The test suite (what CI runs). Tests needing Redis/PostgreSQL skip when those are absent,
 ## unless NBA_REQUIRE_SERVICES=1.
 test: $(BIN)/nba
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --durations=10
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 
 lint: $(BIN)/nba
 	$(BIN)/ruff check .

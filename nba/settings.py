@@ -130,17 +130,21 @@ class Settings(BaseSettings):
         description="Exploration probability among eligible actions (true propensity logged).",
     )
     apology_budget_per_day: int = Field(
-        default=1000, ge=0, description="Apology credits per UTC day, per worker, paced."
+        default=1000,
+        ge=0,
+        description="Apology credits per UTC day, paced, counted where the promo history is "
+        "(NBA_PROMO_STORE): shared by the workers of a host (sqlite) or by every host (redis).",
     )
     promo_history_path: Path = Field(
         default=PROJECT_ROOT / "logs" / "promo_history.db",
-        description="SQLite file of recent promos shared by the workers (frequency cap).",
+        description="SQLite file of recent promos and of the day's apology credits, shared by "
+        "the workers of the host (frequency cap, apology budget).",
     )
     promo_store: Literal["sqlite", "redis"] = Field(
         default="sqlite",
-        description="Where the promo frequency cap's history lives: a SQLite file shared by the "
-        "workers of one host (NBA_PROMO_HISTORY_PATH), or Redis (NBA_REDIS_URL), shared by "
-        "every host.",
+        description="Where the promo frequency cap's history and the apology budget's count "
+        "live: a SQLite file shared by the workers of one host (NBA_PROMO_HISTORY_PATH), or "
+        "Redis (NBA_REDIS_URL), shared by every host.",
     )
     fast_path: bool = Field(
         default=True,

@@ -124,9 +124,14 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
     The same string as the Redis online store's (``NBA_REDIS_URL``), so one setting points
     both at one server. Options understood: ``db``, ``password``, ``username``, ``ssl``.
     ``timeout`` bounds connect and each command: an unreachable Redis must turn into a blocked
-    promo within a request, not hang it.
+    promo within a request, not hang it. So a failed command is retried once at once (a pooled
+    connection that Redis closed, e.g. after a restart, is replaced), never after a pause:
+    redis-py's default retries three times with exponential backoff: 6–7 s for one command
+    against a Redis that is down.
     """
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     address, *options = [part.strip() for part in connection_string.split(",") if part.strip()]
     host, _, port = address.rpartition(":")
@@ -145,6 +150,7 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
         port=int(port or 6379),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
         **kwargs,
     )
 

@@ -15,18 +15,21 @@ eligible set (``k`` eligible candidates, ``none`` included):
 
 ``arbitrate`` serves one request; ``arbitrate_batch`` and ``evaluate_batch`` do the same over
 arrays for offline scoring (``nba score``), with the same semantics (tested to agree).
-``DailyBudget`` paces apology credits across the day.
+``DailyBudget`` paces apology credits across the day; its count is kept by a ``BudgetCounter``
+(in process here, shared between workers and hosts in ``serving.budget``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Final
+from datetime import UTC, date, datetime
+from typing import Final, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,6 +43,10 @@ ACTIONS: Final[tuple[str, ...]] = contract.ACTIONS
 NONE: Final = "none"
 _NONE_COLUMN: Final = ACTIONS.index(NONE)
 _ORDER: Final = {action: i for i, action in enumerate(ACTIONS)}
+#: An unreadable budget counter is logged at most once per this many seconds.
+BUDGET_WARN_EVERY_SECONDS: Final = 10.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,60 @@ def evaluate_batch(
     return mask, blocked_by
 
 
+class BudgetCounter(Protocol):
+    """Where ``DailyBudget`` counts the credits granted per UTC day.
+
+    In process (``MemoryBudgetCounter``) for tests and offline use; ``serving.budget`` has the
+    counters shared by the workers of a host (SQLite) or by every host (Redis). A counter
+    only counts: the pacing arithmetic stays in ``DailyBudget``.
+    """
+
+    def spent(self, day: date) -> int:
+        """Credits granted on ``day`` (UTC); raises when the count cannot be read."""
+        ...
+
+    def take(self, day: date, limit: int) -> bool:
+        """Atomically grant one credit on ``day`` if fewer than ``limit`` were granted that day.
+
+        True when granted (the count grew by one), False when ``limit`` is reached (nothing
+        changed); raises when the count cannot be read or written.
+        """
+        ...
+
+
+class MemoryBudgetCounter:
+    """A per-process count (tests, offline use): each process paces its own ``per_day``.
+
+    Only the last day seen is kept: any other day starts again from zero.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._day: date | None = None
+        self._spent = 0
+
+    def _roll(self, day: date) -> None:
+        """Start a new count when the day changed (caller holds the lock)."""
+        if day != self._day:
+            self._day = day
+            self._spent = 0
+
+    def spent(self, day: date) -> int:
+        """Credits granted on ``day``."""
+        with self._lock:
+            self._roll(day)
+            return self._spent
+
+    def take(self, day: date, limit: int) -> bool:
+        """Grant one credit on ``day`` if fewer than ``limit`` were granted."""
+        with self._lock:
+            self._roll(day)
+            if self._spent >= limit:
+                return False
+            self._spent += 1
+            return True
+
+
 class DailyBudget:
     """Paces a daily number of apology credits so that one disruption wave cannot spend it all.
 
@@ -271,12 +332,18 @@ class DailyBudget:
     can be served at once, and unspent allowance carries over within the day (a quiet morning
     leaves room for the afternoon). The count resets at UTC midnight.
 
-    Thread-safe; pure apart from its own counter and the injected clock. The count is per
-    process: replicas each pace their own ``per_day``.
+    The count lives in ``counter`` (default: in this process, so replicas each pace their own
+    ``per_day``; ``serving.budget`` shares it between workers and hosts). Thread-safe as long
+    as the counter is. A counter that cannot be read fails closed: ``remaining()`` is 0 and
+    ``take()`` False (no credit rather than too many), with a rate-limited warning.
     """
 
     def __init__(
-        self, per_day: int, clock: Callable[[], datetime], burst: int | None = None
+        self,
+        per_day: int,
+        clock: Callable[[], datetime],
+        burst: int | None = None,
+        counter: BudgetCounter | None = None,
     ) -> None:
         if per_day < 0:
             raise ValueError(f"per_day must be >= 0, got {per_day}")
@@ -284,22 +351,29 @@ class DailyBudget:
             raise ValueError(f"burst must be >= 0, got {burst}")
         self.per_day = int(per_day)
         self.burst = math.ceil(per_day / 24) if burst is None else int(burst)
+        self.counter: BudgetCounter = counter if counter is not None else MemoryBudgetCounter()
         self._clock = clock
-        self._lock = threading.Lock()
-        self._day: object = None
-        self._spent = 0
+        self._day: date | None = None
+        self._warned_at = -math.inf
 
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("DailyBudget's clock must return timezone-aware datetimes")
-        return now.astimezone(UTC)
+        now = now.astimezone(UTC)
+        self._day = now.date()
+        return now
 
-    def _roll(self, now: datetime) -> None:
-        """Start a new count when the UTC day changed (caller holds the lock)."""
-        if now.date() != self._day:
-            self._day = now.date()
-            self._spent = 0
+    def _unreadable(self, error: Exception) -> None:
+        # Under load every request would log the same outage: one line per interval is enough.
+        now = time.monotonic()
+        if now - self._warned_at >= BUDGET_WARN_EVERY_SECONDS:
+            self._warned_at = now
+            logger.warning(
+                "apology budget unreadable (%s: %s): no apology credit granted",
+                type(error).__name__,
+                str(error).splitlines()[0][:200] if str(error) else "",
+            )
 
     def allowance(self, now: datetime) -> int:
         """Credits that may have been granted by ``now`` since its UTC midnight."""
@@ -310,28 +384,38 @@ class DailyBudget:
 
     def remaining(self) -> int:
         """Credits that ``take`` would grant now (the guardrail value ``apology_budget_left``)."""
-        with self._lock:
-            now = self._now()
-            self._roll(now)
-            return max(0, self.allowance(now) - self._spent)
+        now = self._now()
+        try:
+            spent = self.counter.spent(now.date())
+        except Exception as error:  # any store failure fails closed, never fails the decision
+            self._unreadable(error)
+            return 0
+        return max(0, self.allowance(now) - spent)
 
     def take(self) -> bool:
         """Spend one credit if the pace allows it now; False (nothing spent) otherwise.
 
         A service reads ``remaining()`` for the guardrails and calls ``take()`` once an apology
-        credit is chosen; False there means a concurrent request took the last one, and the
-        decision must be made again without it.
+        credit is chosen; False there means a concurrent request (of any worker sharing the
+        counter) took the last one, or the counter is unreadable, and the decision must be made
+        again without it.
         """
-        with self._lock:
-            now = self._now()
-            self._roll(now)
-            if self._spent >= self.allowance(now):
-                return False
-            self._spent += 1
-            return True
+        now = self._now()
+        try:
+            return self.counter.take(now.date(), self.allowance(now))
+        except Exception as error:  # fail closed: no credit rather than too many
+            self._unreadable(error)
+            return False
 
     @property
     def spent(self) -> int:
         """Credits granted so far in the current (last seen) UTC day."""
-        with self._lock:
-            return self._spent
+        if self._day is None:
+            return 0
+        return self.counter.spent(self._day)
+
+    def close(self) -> None:
+        """Release the counter's connection, if it holds one."""
+        close = getattr(self.counter, "close", None)
+        if close is not None:
+            close()

@@ -30,11 +30,12 @@ import pandas as pd
 
 from features import decision_log, schema
 from features.events import apply_event
+from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
 from serving.decider import Decider, LoadedModel
 from serving.guardrails import load_rules
 from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.logwriter import LogWriter
-from serving.policy import DailyBudget
+from serving.policy import BudgetCounter, DailyBudget
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,23 @@ def open_promo_history(settings: Any) -> PromoHistory:
             redis_client(settings.redis_url), prefix=f"nba:{settings.environment}:promos:"
         )
     return SqlitePromoHistory(Path(settings.promo_history_path))
+
+
+def open_apology_budget(settings: Any) -> DailyBudget:
+    """The paced apology budget, counted where the promo history is (``settings.promo_store``).
+
+    Every worker of the host shares one count (a table in the promo history's SQLite file), or
+    every host does (Redis, keys prefixed with the environment name like the promo keys), so
+    the whole service grants at most ``apology_budget_per_day`` credits a UTC day.
+    """
+    counter: BudgetCounter
+    if settings.promo_store == "redis":
+        counter = RedisBudgetCounter(
+            redis_client(settings.redis_url), prefix=f"nba:{settings.environment}:apology:"
+        )
+    else:
+        counter = SqliteBudgetCounter(Path(settings.promo_history_path))
+    return DailyBudget(settings.apology_budget_per_day, lambda: datetime.now(UTC), counter=counter)
 
 
 @dataclass
@@ -151,7 +169,7 @@ class Runtime:
             read_many=read_many,
             rules=rules,
             costs=settings.action_costs(),
-            budget=DailyBudget(settings.apology_budget_per_day, lambda: datetime.now(UTC)),
+            budget=open_apology_budget(settings),
             history=open_promo_history(settings),
             log=decision_writer.append,
             epsilon=settings.explore_epsilon,
@@ -221,3 +239,4 @@ class Runtime:
         history = self.decider.history
         if hasattr(history, "close"):
             history.close()
+        self.decider.budget.close()

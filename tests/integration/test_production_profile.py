@@ -184,12 +184,12 @@ def loop(
             stop(server)
         kill_group(tracking)
         # This run's Redis keys: Feast's end with the project name (its `teardown` does the
-        # same, after a 20 s start), the promo history's start with the environment's prefix.
-        # The registry goes with its database.
+        # same, after a 20 s start), the promo history's and the apology budget's start with
+        # the environment's prefix. The registry goes with its database.
         import redis
 
         client = redis.Redis.from_url(f"redis://{redis_url}")
-        for pattern in (f"*nba_it_{run_id}", f"nba:it-{run_id}:promos:*"):
+        for pattern in (f"*nba_it_{run_id}", f"nba:it-{run_id}:*"):
             keys = list(client.scan_iter(match=pattern, count=10_000))
             if keys:
                 client.delete(*keys)

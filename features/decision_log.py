@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -116,17 +117,72 @@ def write_part(
     """
     if not rows:
         return []
+    return write_table(folder, rows_table(rows, arrow_schema), time_column, seq)
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], arrow_schema: pa.Schema) -> pa.Table:
+    """Log rows (dicts) as a table of ``arrow_schema``; an unknown key is an error."""
     known = set(arrow_schema.names)
     for row in rows:
         extra = set(row) - known
         if extra:
             raise ValueError(f"decision log: unknown columns {sorted(extra)}")
     columns = {name: [row.get(name) for row in rows] for name in arrow_schema.names}
-    table = pa.Table.from_pydict(columns, schema=arrow_schema)
-    days = pd.Series(pd.to_datetime(columns[time_column], utc=True)).dt.strftime("%Y-%m-%d")
+    return pa.Table.from_pydict(columns, schema=arrow_schema)
+
+
+def columns_table(columns: Mapping[str, Any], n: int, arrow_schema: pa.Schema) -> pa.Table:
+    """``n`` log rows given as columns, as a table of ``arrow_schema``.
+
+    A column is a list, a numpy array, or ``(array, null_mask)`` (True where the value is
+    null: how a batch marks missing features without a Python object per value); a column
+    left out is all null; an unknown name is an error.
+    """
+    extra = set(columns) - set(arrow_schema.names)
+    if extra:
+        raise ValueError(f"decision log: unknown columns {sorted(extra)}")
+    arrays = []
+    for field in arrow_schema:
+        column = columns.get(field.name)
+        if column is None:
+            arrays.append(pa.nulls(n, field.type))
+        elif isinstance(column, tuple):
+            values, nulls = column
+            arrays.append(pa.array(values, type=field.type, mask=np.asarray(nulls, dtype=bool)))
+        else:
+            arrays.append(pa.array(column, type=field.type))
+        if len(arrays[-1]) != n:
+            raise ValueError(
+                f"decision log: column {field.name} has {len(arrays[-1])} rows, not {n}"
+            )
+    return pa.Table.from_arrays(arrays, schema=arrow_schema)
+
+
+def column_rows(columns: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` log rows given as columns (see ``columns_table``) as one dict per row."""
+    lists: dict[str, list[Any]] = {}
+    for name, column in columns.items():
+        if isinstance(column, tuple):
+            values, nulls = column
+            lists[name] = [None if null else value for value, null in
+                           zip(np.asarray(values).tolist(), np.asarray(nulls).tolist(),
+                               strict=True)]  # fmt: skip
+        else:
+            lists[name] = column.tolist() if isinstance(column, np.ndarray) else list(column)
+    return [{name: values[i] for name, values in lists.items()} for i in range(n)]
+
+
+def write_table(folder: Path, table: pa.Table, time_column: str, seq: int) -> list[Path]:
+    """Append a table of log rows to ``folder`` (``write_part``'s layout and renaming)."""
+    if not table.num_rows:
+        return []
+    stamps = table.column(time_column).cast(pa.timestamp("us", tz="UTC"))
+    days = pd.Series(pd.to_datetime(stamps.to_numpy(zero_copy_only=False), utc=True))
+    days = days.dt.strftime("%Y-%m-%d")
     written: list[Path] = []
-    for day in sorted(days.unique()):
-        part = table.filter(pa.array((days == day).to_numpy()))
+    unique = sorted(days.unique())
+    for day in unique:
+        part = table if len(unique) == 1 else table.filter(pa.array((days == day).to_numpy()))
         first = pd.Timestamp(part.column(time_column)[0].as_py())
         target = folder / f"date={day}"
         target.mkdir(parents=True, exist_ok=True)

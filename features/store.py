@@ -11,16 +11,19 @@ import contextlib
 import importlib
 import os
 import string
+import struct
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from features import schema
+from features.columns import FeatureColumns, decode_packed, empty_column
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -40,6 +43,8 @@ TABLE_COLUMNS: tuple[str, ...] = (schema.ENTITY, schema.EVENT_TIMESTAMP, *schema
 PUSH_COLUMNS: tuple[str, ...] = (schema.ENTITY, schema.EVENT_TIMESTAMP, *schema.REALTIME)
 
 _TIMESTAMP_FEATURES = frozenset(n for n, kind in schema.STORED.items() if kind == "timestamp")
+#: Values this long or longer do not fit ``_SqliteRows.read_columns``'s two-digit base-64 header.
+_PACKED_MAX_LENGTH = 63 * 64 + 63
 #: Start of a full materialization: everything in the table up to ``end``.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Temporary join column of ``FeastAdapter.historical``.
@@ -412,6 +417,15 @@ class DirectOnlineReader:
             return self._sqlite.read_many(ids)
         return [record for record, _ in self.read_with_timestamps(ids)]
 
+    def read_columns(self, customer_ids: Sequence[str]) -> FeatureColumns:
+        """``read_many``'s values as columns (``features.columns``): the batch path's read."""
+        if isinstance(self._sqlite, _SqliteRows):
+            try:
+                return self._sqlite.read_columns(customer_ids)
+            except ValueError:  # a value the packed read cannot carry: read row by row
+                pass
+        return FeatureColumns.from_records(self.read_many(customer_ids))
+
 
 def _epoch(stamp: object) -> float:
     """An online-store ``event_ts`` (epoch seconds, or a datetime text in older stores)."""
@@ -456,12 +470,136 @@ class _SqliteRows:
         self._value = Value
         self._null_ts = NULL_TIMESTAMP_INT_VALUE
         self._generic = feast_value_type_to_python_type
+        self._prefix = self._key_prefix()
+        try:
+            self._max_params = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except AttributeError:  # Python < 3.11: SQLite's historical default
+            self._max_params = 999
+        self._pivots = [self._pivot_sql(table, names) for table, names, _ in self._tables]
 
-    def _key(self, customer_id: str) -> bytes:
+    def _slow_key(self, customer_id: str) -> bytes:
         key = self._entity_key(
             join_keys=[schema.ENTITY], entity_values=[self._value(string_val=customer_id)]
         )
         return self._serialize(key, entity_key_serialization_version=self._version)
+
+    def _key_prefix(self) -> bytes | None:
+        """The bytes Feast puts before a customer id's length and UTF-8 bytes, or None.
+
+        A single string entity serializes (version 3) as a fixed header naming the join key,
+        then the value's length and bytes. Building that from the header takes 0.3 µs instead
+        of 9 µs through protobuf, which matters for 10,000 keys. Checked against Feast here on
+        two probes; any other layout (a future version) keeps the slow path.
+        """
+        probes = ("C1", "ÿ-customer-0042")
+        first = self._slow_key(probes[0])
+        tail = struct.pack("<I", len(probes[0].encode())) + probes[0].encode()
+        if not first.endswith(tail):
+            return None
+        prefix = first[: -len(tail)]
+        encoded = probes[1].encode()
+        if self._slow_key(probes[1]) != prefix + struct.pack("<I", len(encoded)) + encoded:
+            return None
+        return prefix
+
+    def _key(self, customer_id: str) -> bytes:
+        if self._prefix is None:
+            return self._slow_key(customer_id)
+        encoded = customer_id.encode()
+        return self._prefix + struct.pack("<I", len(encoded)) + encoded
+
+    @staticmethod
+    def _pivot_sql(table: str, names: tuple[str, ...]) -> str:
+        """The statement of ``read_columns`` for one view (``{marks}``: the keys).
+
+        It returns one row per customer: a header of three bytes per stored value (the
+        feature's position in ``names`` plus one, then the value's length in base 64, each
+        digit plus one, so every byte is one ASCII character) and the values laid end to end
+        in the same order (both aggregates see the rows in one order), and the longest value's
+        length. So Python handles one tuple per customer instead of one per feature, and numpy
+        decodes the rest. Only rows fresher than the ``?`` cut-off count; ``event_ts`` is an
+        integer (epoch seconds) in the stores Feast writes now, and a text timestamp of an
+        older store is converted in SQL. A feature the view has beyond ``names`` gets position
+        127 and is skipped. (Listing the names in the WHERE clause instead doubled the time.)
+        """
+        position = " ".join(
+            "WHEN '{}' THEN {}".format(name.replace("'", "''"), i + 1)
+            for i, name in enumerate(names)
+        )
+        stamp = (
+            "CASE WHEN typeof(event_ts) IN ('integer', 'real') THEN event_ts "
+            "ELSE CAST(strftime('%s', event_ts) AS INTEGER) END"
+        )
+        header = (
+            f"char(CASE feature_name {position} ELSE 127 END, "
+            "(length(value) >> 6) + 1, (length(value) & 63) + 1)"
+        )
+        return (
+            f"SELECT entity_key, CAST(group_concat({header}, '') AS BLOB), "
+            "CAST(group_concat(value, '') AS BLOB), max(length(value)) "
+            f'FROM "{table}" WHERE entity_key IN ({{marks}}) AND {stamp} >= ? GROUP BY entity_key'
+        )
+
+    def read_columns(
+        self, customer_ids: Sequence[str], now: datetime | None = None
+    ) -> FeatureColumns:
+        """Stored features of ``customer_ids`` (in that order, repeats allowed) as columns.
+
+        The same values as ``read_many`` (a test compares them), read with one statement per
+        view (``_pivot_sql``) and decoded a column at a time (``features.columns``).
+
+        Raises:
+            ValueError: when a value is too long for the packed header (8 KB and more) or the
+                packed rows do not add up; ``DirectOnlineReader`` then reads row by row.
+        """
+        unique = list(dict.fromkeys(customer_ids))
+        keys = [self._key(c) for c in unique]
+        position = {key: i for i, key in enumerate(keys)}
+        now = now or datetime.now(UTC)
+        n = len(unique)
+        values: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        chunk_size = max(1, min(self._max_params - 1, 10_000))
+        for (_, names, ttl), sql in zip(self._tables, self._pivots, strict=True):
+            # Values older than the view's TTL read as missing, as in the SDK.
+            oldest = int((now - ttl).timestamp()) if ttl and ttl.total_seconds() > 0 else -(2**62)
+            rows: list[tuple[bytes, bytes, bytes, int]] = []
+            with self._lock:
+                for start in range(0, n, chunk_size):
+                    chunk = keys[start : start + chunk_size]
+                    statement = sql.format(marks=",".join("?" * len(chunk)))
+                    rows += self._db.execute(statement, [*chunk, oldest])
+            if rows and max(row[3] or 0 for row in rows) >= _PACKED_MAX_LENGTH:
+                raise ValueError(f"a value of {names} is too long for the packed read")
+            header = np.frombuffer(b"".join([row[1] for row in rows]), dtype=np.uint8)
+            header = header.reshape(-1, 3).astype(np.int64)
+            payload = b"".join([row[2] for row in rows])
+            feature = header[:, 0] - 1
+            size = (header[:, 1] - 1) * 64 + header[:, 2] - 1
+            counts = np.fromiter((len(row[1]) // 3 for row in rows), np.int64, count=len(rows))
+            if int(size.sum()) != len(payload) or int(counts.sum()) != len(header):
+                raise ValueError(f"the packed rows of {names} do not add up")
+            owner = np.repeat(
+                np.fromiter((position[row[0]] for row in rows), np.int64, count=len(rows)), counts
+            )
+            starts = np.cumsum(size) - size
+            for j, name in enumerate(names):
+                kind = schema.STORED[name]
+                column, mask = empty_column(n, kind)
+                chosen = np.flatnonzero(feature == j)
+                got, found = decode_packed(payload, starts[chosen], size[chosen], kind,
+                                           self._fallback)  # fmt: skip
+                column[owner[chosen]] = got
+                mask[owner[chosen]] = found
+                values[name], present[name] = column, mask
+        out = FeatureColumns(n, values, present)
+        if n != len(customer_ids):
+            index = {c: i for i, c in enumerate(unique)}
+            out = out.take(np.fromiter((index[c] for c in customer_ids), dtype=np.int64))
+        return out
+
+    def _fallback(self, blob: bytes) -> object:
+        return self._convert(blob)
 
     def _convert(self, blob: bytes) -> object:
         value = self._value.FromString(blob)
@@ -479,6 +617,10 @@ class _SqliteRows:
         self, customer_ids: list[str], now: datetime | None = None
     ) -> list[dict[str, object]]:
         """Stored features of ``customer_ids`` (None where absent), one query per 450 keys."""
+        unique = list(dict.fromkeys(customer_ids))
+        if len(unique) != len(customer_ids):  # a customer listed twice gets the same values
+            once = dict(zip(unique, self.read_many(unique, now), strict=True))
+            return [dict(once[c]) for c in customer_ids]
         keys = [self._key(c) for c in customer_ids]
         position = {key: i for i, key in enumerate(keys)}
         out: list[dict[str, object]] = [dict.fromkeys(schema.STORED) for _ in keys]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 import uuid
@@ -37,14 +38,25 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
+import pandas as pd
 
-from features import schema
+from features import decision_log, schema
+from features.columns import FeatureColumns
 from features.contract import ACTIONS
-from features.derive import derive_row
+from features.derive import derive_columns, derive_row
 from serving import explain, guardrails
 from serving.guardrails import RuleSet
 from serving.history import PromoHistory
-from serving.policy import NONE, DailyBudget, Decision, Ranked, arbitrate
+from serving.policy import (
+    NONE,
+    DailyBudget,
+    Decision,
+    Ranked,
+    arbitrate,
+    choose,
+    evaluate_batch,
+    ranking_order,
+)
 from training.value import ActionCosts, expected_value
 
 logger = logging.getLogger(__name__)
@@ -59,6 +71,9 @@ LOG_EVERY_SECONDS: Final = 10.0
 
 Reader = Callable[[str], Mapping[str, Any]]
 ManyReader = Callable[[Sequence[str]], Sequence[Mapping[str, Any]]]
+ColumnReader = Callable[[Sequence[str]], FeatureColumns]
+#: A batch of decision-log rows as columns: name -> list, array, or (array, null mask).
+LogColumns = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,10 @@ class Decider:
         budget: the apology-credit pacer.
         history: shared promo history.
         log: sink for decision-log rows (``LogWriter.append``); None: no log.
+        read_columns: many customers' stored features as columns (``read_columns`` of
+            ``features.store.DirectOnlineReader``); default: ``read_many``'s rows converted.
+        log_columns: sink for a batch's log rows as columns (``LogWriter.append_columns``);
+            default: the rows one by one to ``log``.
         epsilon: exploration probability.
         rng: exploration draws.
         clock: the current time (tz-aware).
@@ -116,6 +135,8 @@ class Decider:
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         top_contributions: int = 3,
+        read_columns: ColumnReader | None = None,
+        log_columns: Callable[[LogColumns, int], None] | None = None,
     ) -> None:
         if BUDGET_RULE not in rules.names:
             raise guardrails.GuardrailError(
@@ -130,6 +151,8 @@ class Decider:
         self.budget = budget
         self.history = history
         self._log = log
+        self._read_columns_fn = read_columns
+        self._log_columns = log_columns
         self.epsilon = epsilon
         self._rng = rng or random.Random()
         self._clock = clock
@@ -154,41 +177,56 @@ class Decider:
         return self._decide_with(request, stored, now, None, started)
 
     def decide_batch(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
-        """``decide`` for many requests: one online read and one model call for all of them.
+        """``decide`` for many requests, as arrays: one online read and one model call.
 
-        Budget, promo history and exploration are applied request by request in order, so a
-        customer listed twice gets at most one promo, exactly as with two ``/decide`` calls.
+        The features are read as columns (``features.columns``), derived, scored, checked by
+        the guardrails (``serving.policy.evaluate_batch``) and arbitrated (``policy.choose``)
+        for every request at once; the per-request work left is building the answers. The
+        shared state is then applied in request order, exactly as a series of ``/decide``
+        calls would: each chosen apology credit takes one from the budget, and when the budget
+        runs out the requests from there on are decided again without it; a customer listed
+        twice sees the promo given to his earlier entry (at most one promo). Exploration
+        draws come from the decider's generator.
         """
         if not requests:
             return []
         started = time.perf_counter()
         now = self._clock()
+        ids = [r.customer_id for r in requests]
         try:
-            rows = list(self._read_many([r.customer_id for r in requests]))
+            columns = self._read_columns(ids)
         except Exception as error:
             reason = f"feature store unavailable: {_brief(error)}"
             return [self._degraded(r, now, reason, started) for r in requests]
-        derived = [{**stored, **derive_row(stored, now)} for stored in rows]
-        values: np.ndarray | None = None
-        uplifts: np.ndarray | None = None
+        derived = derive_columns({name: columns.datetimes(name) for name in _TIMESTAMPS}, now)
         failure = None
+        values = uplifts = None
         if self.model is None:
             failure = "no model loaded"
         else:
             try:
-                X = np.vstack([self._vector(row) for row in derived])
+                X = np.column_stack(
+                    [
+                        derived[name] if name in derived else columns.numeric(name)
+                        for name in self._names
+                    ]
+                ).astype(np.float64)
                 values, uplifts = self._score(X)
             except Exception as error:
                 failure = f"model failed: {_brief(error)}"
-        out = []
-        for i, request in enumerate(requests):
-            if failure is not None:
-                out.append(self._degraded(request, now, failure, started))
-                continue
-            assert values is not None and uplifts is not None
-            scored = (values[i], uplifts[i])
-            out.append(self._decide_with(request, rows[i], now, scored, started, derived[i]))
-        return out
+        if failure is not None:
+            out = []
+            for i, request in enumerate(requests):
+                row = {**columns.row(i), **{k: v[i].item() for k, v in derived.items()}}
+                found = columns.present["marketing_opt_in"][i]
+                out.append(self._degraded(request, now, failure, started, row, bool(found)))
+            return out
+        assert values is not None and uplifts is not None
+        batch = _Batch(self, requests, columns, derived, values, uplifts, now)
+        batch.settle()
+        responses = batch.responses()
+        self._log_batch(batch, responses, started)
+        return responses
 
     @property
     def ready(self) -> bool:
@@ -196,6 +234,23 @@ class Decider:
         return self.model is not None
 
     # ---------------------------------------------------------------- internals
+
+    def _read_columns(self, ids: Sequence[str]) -> FeatureColumns:
+        if self._read_columns_fn is not None:
+            return self._read_columns_fn(ids)
+        return FeatureColumns.from_records(list(self._read_many(ids)))
+
+    def _log_batch(self, batch: _Batch, responses: Sequence[Mapping[str, Any]],
+                   started: float) -> None:  # fmt: skip
+        if self._log is None and self._log_columns is None:
+            return
+        columns = batch.log_columns(responses, (time.perf_counter() - started) * 1000.0)
+        if self._log_columns is not None:
+            self._log_columns(columns, batch.n)
+            return
+        assert self._log is not None
+        for record in decision_log.column_rows(columns, batch.n):
+            self._log(record)
 
     def _vector(self, row: Mapping[str, Any]) -> np.ndarray:
         out = np.empty(len(self._names), dtype=np.float64)
@@ -373,6 +428,295 @@ class Decider:
         if now - self._last_warned.get(key, -math.inf) >= LOG_EVERY_SECONDS:
             self._last_warned[key] = now
             logger.warning(message)
+
+
+#: Stored timestamp features (the derived durations are measured from them).
+_TIMESTAMPS: Final = tuple(n for n, kind in schema.STORED.items() if kind == "timestamp")
+_PROMO: Final = ACTIONS.index("promo")
+_APOLOGY: Final = ACTIONS.index("apology_credit")
+_NONE: Final = ACTIONS.index(NONE)
+_DEFAULT_CANDIDATES: Final = ";".join(ACTIONS)
+
+
+class _Batch:
+    """One ``decide_batch`` call's arrays: judged and arbitrated together, settled in order."""
+
+    def __init__(
+        self,
+        decider: Decider,
+        requests: Sequence[Request],
+        columns: FeatureColumns,
+        derived: Mapping[str, np.ndarray],
+        values: np.ndarray,
+        uplifts: np.ndarray,
+        now: datetime,
+    ) -> None:
+        self.decider = decider
+        self.requests = requests
+        self.columns = columns
+        self.derived = derived
+        self.now = now
+        self.n = n = len(requests)
+        # ``none`` is worth 0 with no uplift, whatever the model says (as in ``arbitrate``).
+        values[:, _NONE] = 0.0
+        uplifts[:, _NONE] = 0.0
+        self.values, self.uplifts = values, uplifts
+        self.candidate = np.ones((n, len(ACTIONS)), dtype=bool)
+        for i, request in enumerate(requests):
+            if request.candidates is not ACTIONS:
+                chosen = set(request.candidates)
+                self.candidate[i] = [a in chosen or a == NONE for a in ACTIONS]
+        self.channels = np.array([r.channel for r in requests], dtype=object)
+        self.promos = _promo_counts(decider.history, [r.customer_id for r in requests], now)
+        self.budget_left = np.full(n, decider.budget.remaining(), dtype=np.float64)
+        frame: dict[str, Any] = {}
+        for name, kind in schema.STORED.items():
+            if kind == "string":
+                frame[name] = columns.values[name]
+            elif kind != "timestamp":
+                frame[name] = columns.numeric(name)
+        frame.update(derived)
+        self.frame = pd.DataFrame(frame, copy=False)
+        self.eligible = np.zeros((n, len(ACTIONS)), dtype=bool)
+        self.blocked_by: list[list[tuple[str, ...]]] = [[] for _ in range(n)]
+        self.chosen = np.zeros(n, dtype=np.int64)
+        self.propensity = np.ones(n)
+        self.explored = np.zeros(n, dtype=bool)
+        self._rng = np.random.default_rng(decider._rng.getrandbits(64))
+        self._decide(np.arange(n))
+
+    def _decide(self, rows: np.ndarray) -> None:
+        """Judge and arbitrate ``rows`` with the current context arrays."""
+        if len(rows) == self.n:
+            frame = self.frame.copy(deep=False)
+        else:
+            frame = self.frame.iloc[rows].reset_index(drop=True)
+        frame["channel"] = self.channels[rows]
+        frame["promos_7d"] = self.promos[rows]
+        frame["apology_budget_left"] = self.budget_left[rows]
+        blocked, blocked_by = evaluate_batch(self.decider.rules, frame)
+        eligible = self.candidate[rows] & ~blocked & np.isfinite(self.values[rows])
+        eligible[:, _NONE] = True
+        chosen, propensity, explored = choose(
+            self.values[rows], eligible, self.decider.epsilon, self._rng
+        )
+        self.eligible[rows] = eligible
+        self.chosen[rows], self.propensity[rows], self.explored[rows] = (
+            chosen, propensity, explored)  # fmt: skip
+        for j, i in enumerate(rows.tolist()):
+            self.blocked_by[i] = blocked_by[j]
+
+    def settle(self) -> None:
+        """Apply the budget and the promo history in request order (see ``decide_batch``)."""
+        ids = [r.customer_id for r in self.requests]
+        later: dict[int, list[int]] = {}  # a repeated customer's row -> his rows after it
+        if len(set(ids)) != self.n:
+            rows_of: dict[str, list[int]] = {}
+            for i, customer in enumerate(ids):
+                rows_of.setdefault(customer, []).append(i)
+            for rows in rows_of.values():
+                for k, i in enumerate(rows[:-1]):
+                    later[i] = rows[k + 1 :]
+        repeated = np.zeros(self.n, dtype=bool)
+        for rows in later.values():
+            repeated[rows] = True
+        stale = np.zeros(self.n, dtype=bool)
+        budget = self.decider.budget
+        has_later = np.zeros(self.n, dtype=bool)
+        has_later[list(later)] = True
+        care = np.flatnonzero((self.chosen == _APOLOGY) | repeated | has_later)
+        position = 0
+        while position < len(care):
+            i = int(care[position])
+            if stale[i]:  # an earlier entry of this customer got a promo: decide again
+                stale[i] = False
+                self._decide(np.array([i]))
+            changed = False
+            for attempt in range(3):
+                if self.chosen[i] != _APOLOGY:
+                    break
+                if budget.take():
+                    left = budget.remaining()
+                    if left <= 0 and i + 1 < self.n:
+                        # That was the last credit of the pace: the requests after this one see
+                        # none left, as a series of /decide calls would.
+                        self.budget_left[i + 1 :] = left
+                        self._decide(np.arange(i + 1, self.n))
+                        changed = True
+                    break
+                # Another worker took the last credit first: this request and the ones after
+                # it are decided again with what is left (then with nothing).
+                self.budget_left[i:] = budget.remaining() if attempt == 0 else 0
+                self._decide(np.arange(i, self.n))
+                changed = True
+            if changed:
+                tail = np.arange(i + 1, self.n)
+                needs = (self.chosen[i + 1 :] == _APOLOGY) | repeated[i + 1 :] | has_later[i + 1 :]
+                care = np.concatenate([care[: position + 1], tail[needs]])
+            if self.chosen[i] == _PROMO:
+                for j in later.get(i, ()):
+                    self.promos[j] += 1
+                    stale[j] = True
+            position += 1
+        promos = np.flatnonzero(self.chosen == _PROMO).tolist()
+        if promos:
+            _record_promos(self.decider.history, [ids[i] for i in promos], self.now)
+
+    def responses(self) -> list[dict[str, Any]]:
+        """The contract's response bodies, in request order."""
+        decider = self.decider
+        version = decider.model.version if decider.model is not None else None
+        order = ranking_order(self.values, self.eligible).tolist()
+        finite_values = _finite_list(self.values)
+        finite_uplifts = _finite_list(self.uplifts)
+        eligible = self.eligible.tolist()
+        candidate = self.candidate.tolist()
+        chosen = self.chosen.tolist()
+        self.decision_ids = _decision_ids(self.n)
+        out: list[dict[str, Any]] = []
+        for i, request in enumerate(self.requests):
+            value_i, uplift_i, eligible_i, blocked_i = (
+                finite_values[i],
+                finite_uplifts[i],
+                eligible[i],
+                self.blocked_by[i],
+            )
+            ranking = [
+                {
+                    "action": ACTIONS[c],
+                    "eligible": eligible_i[c],
+                    "uplift": uplift_i[c],
+                    "expected_value": value_i[c],
+                    "blocked_by": list(blocked_i[c]),
+                }
+                for c in order[i]
+                if candidate[i][c]
+            ]
+            reasons: list[str] = []
+            if request.explain:
+                reasons = self._reasons(i, order[i])
+            out.append(
+                {
+                    "decision_id": self.decision_ids[i],
+                    "customer_id": request.customer_id,
+                    "action": ACTIONS[chosen[i]],
+                    "ranking": ranking,
+                    "reasons": reasons,
+                    "model_version": version,
+                    "degraded": False,
+                }
+            )
+        return out
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Request ``i``'s values as the single-request path sees them (for reasons)."""
+        row: dict[str, Any] = self.columns.row(i)
+        row.update({name: values[i].item() for name, values in self.derived.items()})
+        promos = self.promos[i]
+        row["channel"] = self.channels[i]
+        row["promos_7d"] = None if np.isnan(promos) else int(promos)
+        row["apology_budget_left"] = int(self.budget_left[i])
+        return row
+
+    def _reasons(self, i: int, order: list[int]) -> list[str]:
+        request = self.requests[i]
+        ranking = tuple(
+            Ranked(
+                ACTIONS[c],
+                bool(self.eligible[i, c]),
+                float(self.uplifts[i, c]),
+                float(self.values[i, c]),
+                self.blocked_by[i][c],
+            )
+            for c in order
+            if self.candidate[i, c]
+        )
+        decision = Decision(ACTIONS[self.chosen[i]], float(self.propensity[i]), ranking,
+                            bool(self.explored[i]))  # fmt: skip
+        blocked = {ACTIONS[c]: self.blocked_by[i][c] for c in range(len(ACTIONS))
+                   if self.blocked_by[i][c]}  # fmt: skip
+        found = bool(self.columns.present["marketing_opt_in"][i])
+        return self.decider._reasons(request, self.row(i), found, decision, blocked)
+
+    def log_columns(self, responses: Sequence[Mapping[str, Any]], latency_ms: float
+                    ) -> dict[str, Any]:  # fmt: skip
+        """The batch's decision-log rows as columns (``features.decision_log`` schema)."""
+        decider = self.decider
+        n = self.n
+        version = decider.model.version if decider.model is not None else None
+        candidate = self.candidate
+        out: dict[str, Any] = {
+            "decision_id": self.decision_ids,
+            "customer_id": [r.customer_id for r in self.requests],
+            "decided_at": [self.now] * n,
+            "action": [ACTIONS[c] for c in self.chosen.tolist()],
+            "policy": ["random" if e else (version or "none") for e in self.explored.tolist()],
+            "propensity": self.propensity,
+            "channel": self.channels.tolist(),
+            "model_version": [version] * n,
+            "degraded": np.zeros(n, dtype=bool),
+            "degraded_reason": [None] * n,
+            "explored": self.explored,
+            "candidates": [
+                _DEFAULT_CANDIDATES if r.candidates is ACTIONS else ";".join(r.candidates)
+                for r in self.requests
+            ],
+            "context": [
+                json.dumps(dict(r.context), default=str) if r.context else None
+                for r in self.requests
+            ],
+            "features_found": self.columns.present["marketing_opt_in"],
+            "latency_ms": np.full(n, latency_ms),
+        }
+        finite_values, finite_uplifts = np.isfinite(self.values), np.isfinite(self.uplifts)
+        for c, action in enumerate(ACTIONS):
+            # A non-candidate has no ranking entry: its columns are null, as in ``decide``.
+            shown = candidate[:, c]
+            out[f"uplift_{action}"] = (self.uplifts[:, c], ~shown | ~finite_uplifts[:, c])
+            out[f"value_{action}"] = (self.values[:, c], ~shown | ~finite_values[:, c])
+            out[f"eligible_{action}"] = (self.eligible[:, c], ~shown)
+            out[f"blocked_by_{action}"] = [
+                ";".join(self.blocked_by[i][c]) if shown[i] else None for i in range(n)
+            ]
+        for name in schema.MODEL_FEATURES:
+            if name in self.derived:
+                out[decision_log.FEATURE_PREFIX + name] = self.derived[name].astype(np.float64)
+            else:
+                out[decision_log.FEATURE_PREFIX + name] = (
+                    self.columns.values[name].astype(np.float64),
+                    ~self.columns.present[name],
+                )
+        return out
+
+
+def _promo_counts(history: PromoHistory, ids: list[str], now: datetime) -> np.ndarray:
+    """Promos in the last 7 days per request (NaN where unreadable: the cap then fails closed)."""
+    many = getattr(history, "count_many", None)
+    counts = many(ids, now, 7.0) if many is not None else [history.count(c, now, 7.0) for c in ids]
+    return np.array([np.nan if c is None else c for c in counts], dtype=np.float64)
+
+
+def _record_promos(history: PromoHistory, ids: list[str], now: datetime) -> None:
+    many = getattr(history, "add_many", None)
+    if many is not None:
+        many(ids, now)
+        return
+    for customer in ids:
+        history.add(customer, now)
+
+
+def _finite_list(array: np.ndarray) -> list[list[float | None]]:
+    """Rows of ``array`` as Python lists, None for NaN and infinities (JSON has neither)."""
+    return np.where(np.isfinite(array), array, None).tolist()
+
+
+def _decision_ids(n: int) -> list[str]:
+    """``n`` decision ids like ``_response``'s (``d-`` and a random UUID4 in hex), in bulk."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = raw[:, 6] & 0x0F | 0x40  # version 4
+    raw[:, 8] = raw[:, 8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.tobytes().hex()
+    return ["d-" + text[32 * i : 32 * i + 32] for i in range(n)]
 
 
 def _finite(value: float) -> float | None:

@@ -1,6 +1,7 @@
 """Appends decision-log and event rows to Parquet off the request path, losing nothing.
 
-The request thread only puts a dict on a queue (about a microsecond). A background thread
+The request thread only puts a dict on a queue (about a microsecond), or for a batch one set of
+columns (``append_columns``: no Python object per row and value). A background thread
 drains the queue every ``flush_seconds`` or ``max_rows`` rows and writes one Parquet part per
 flush (``features.decision_log.write_part``: temporary name, then rename, so readers never see
 half a file). ``close`` (called from the service's shutdown hook, which runs on SIGTERM) stops
@@ -21,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from features.decision_log import write_part
+from features.decision_log import columns_table, rows_table, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ class LogWriter:
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pending: list[Mapping[str, Any]] = []
+        # Rows (dicts) and column chunks, in arrival order.
+        self._pending: list[Mapping[str, Any] | _Chunk] = []
+        self._pending_rows = 0
         self._seq = 0
         self._closed = False
         self.written = 0
@@ -57,6 +60,16 @@ class LogWriter:
         if self._closed:
             raise RuntimeError(f"log writer for {self.folder} is closed")
         self._queue.put(row)
+
+    def append_columns(self, columns: Mapping[str, Any], n: int) -> None:
+        """Queue ``n`` rows given as columns (``features.decision_log.columns_table``)."""
+        if self._closed:
+            raise RuntimeError(f"log writer for {self.folder} is closed")
+        self._queue.put(_Chunk(columns, n))
+
+    def _add(self, item: Mapping[str, Any] | _Chunk) -> None:
+        self._pending.append(item)
+        self._pending_rows += item.n if isinstance(item, _Chunk) else 1
 
     def _run(self) -> None:
         # Collect rows until the flush deadline (or max_rows, or the stop marker), then write
@@ -75,8 +88,8 @@ class LogWriter:
                 if item is _STOP:
                     stop = True
                     break
-                self._pending.append(item)
-                if len(self._pending) >= self.max_rows:
+                self._add(item)
+                if self._pending_rows >= self.max_rows:
                     self._flush()
             # Whatever is queued behind the stop marker or the deadline goes in this flush.
             while True:
@@ -87,7 +100,7 @@ class LogWriter:
                 if item is _STOP:
                     stop = True
                 else:
-                    self._pending.append(item)
+                    self._add(item)
             self._flush()
 
     def _flush(self) -> None:
@@ -95,12 +108,30 @@ class LogWriter:
             return
         self._seq += 1
         try:
-            write_part(self.folder, self._pending, self.schema, self.time_column, self._seq)
+            table = self._table(self._pending)
+            write_table(self.folder, table, self.time_column, self._seq)
         except Exception:  # keep the rows and try again at the next flush
-            logger.exception("could not write %d log rows to %s", len(self._pending), self.folder)
+            logger.exception("could not write %d log rows to %s", self._pending_rows, self.folder)
             return
-        self.written += len(self._pending)
+        self.written += self._pending_rows
         self._pending = []
+        self._pending_rows = 0
+
+    def _table(self, items: list[Mapping[str, Any] | _Chunk]) -> pa.Table:
+        """One table of everything pending, in arrival order (runs of rows become one table)."""
+        tables: list[pa.Table] = []
+        rows: list[Mapping[str, Any]] = []
+        for item in items:
+            if isinstance(item, _Chunk):
+                if rows:
+                    tables.append(rows_table(rows, self.schema))
+                    rows = []
+                tables.append(columns_table(item.columns, item.n, self.schema))
+            else:
+                rows.append(item)
+        if rows:
+            tables.append(rows_table(rows, self.schema))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting rows, write everything queued, and wait for the writer thread."""
@@ -112,4 +143,14 @@ class LogWriter:
         if self._pending:  # the last write failed: one more try from this thread
             self._flush()
         if self._pending:
-            logger.error("%d log rows for %s could not be written", len(self._pending), self.folder)
+            logger.error("%d log rows for %s could not be written", self._pending_rows, self.folder)
+
+
+class _Chunk:
+    """Rows queued as columns (one batch's decisions)."""
+
+    __slots__ = ("columns", "n")
+
+    def __init__(self, columns: Mapping[str, Any], n: int) -> None:
+        self.columns = columns
+        self.n = n

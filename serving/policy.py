@@ -197,8 +197,30 @@ def arbitrate_batch(
         )
     if mask[:, _NONE_COLUMN].any():
         raise ValueError("'none' cannot be blocked (blocked_mask has True in its column)")
-    n = len(values)
     eligible = ~mask & np.isfinite(values)
+    chosen, propensity, _ = choose(values, eligible, epsilon, np.random.default_rng(seed))
+    return np.asarray(ACTIONS, dtype=object)[chosen], propensity
+
+
+def choose(
+    values: np.ndarray, eligible: np.ndarray, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arbitration of ``arbitrate`` over arrays: chosen columns, propensities, explored.
+
+    Args:
+        values: ``(n, 4)`` expected values in ``ACTIONS`` order (the ``none`` column is taken
+            as 0).
+        eligible: ``(n, 4)`` True where an action may be chosen (the ``none`` column is taken
+            as True); a non-finite value must already be marked ineligible.
+        epsilon: exploration probability in [0, 1] (checked by the caller).
+        rng: source of the exploration draws.
+
+    Returns:
+        ``(chosen, propensity, explored)``: the column in ``ACTIONS`` of each row's action, the
+        probability this policy had of choosing it, and whether it was drawn by exploration.
+    """
+    n = len(values)
+    eligible = eligible.copy()
     eligible[:, _NONE_COLUMN] = True
     scored = np.where(eligible, values, -np.inf)
     scored[:, _NONE_COLUMN] = 0.0
@@ -210,7 +232,6 @@ def arbitrate_batch(
     chosen = greedy
     explored = np.zeros(n, dtype=bool)
     if epsilon > 0.0 and n:
-        rng = np.random.default_rng(seed)
         explored = (k > 1) & (rng.random(n) < epsilon)
         others = eligible.copy()
         others[np.arange(n), greedy] = False
@@ -221,7 +242,32 @@ def arbitrate_batch(
     propensity = np.where(
         explored, epsilon / np.maximum(k - 1, 1), np.where(k > 1, 1.0 - epsilon, 1.0)
     )
-    return np.asarray(ACTIONS, dtype=object)[chosen], propensity
+    return chosen, propensity, explored
+
+
+def ranking_order(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Each row's columns in ``Decision.ranking`` order (``arbitrate``'s sort, vectorized).
+
+    Eligible actions first, then by value descending (NaN last, ``none`` first among ties,
+    then ``ACTIONS`` order); ``values`` and ``eligible`` as in ``choose``.
+    """
+    n, m = values.shape
+    value = values.copy()
+    value[:, _NONE_COLUMN] = 0.0
+    nan = np.isnan(value)
+    ineligible = ~eligible
+    ineligible[:, _NONE_COLUMN] = False
+    column = np.broadcast_to(np.arange(m), (n, m))
+    row = np.broadcast_to(np.arange(n)[:, None], (n, m))
+    keys = (
+        column.ravel(),
+        (column != _NONE_COLUMN).ravel(),
+        np.where(nan, 0.0, -value).ravel(),
+        nan.ravel(),
+        ineligible.ravel(),
+        row.ravel(),
+    )
+    return np.lexsort(keys).reshape(n, m) % m
 
 
 def evaluate_batch(

@@ -156,6 +156,11 @@ class Runtime:
                 raise RuntimeError("feature store not opened")
             return reader.read_many(ids)
 
+        def read_columns(ids: Any) -> Any:
+            if reader is None:
+                raise RuntimeError("feature store not opened")
+            return reader.read_columns(ids)
+
         flush = settings.log_flush_seconds
         decision_writer = LogWriter(
             Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA, "decided_at", flush
@@ -172,6 +177,8 @@ class Runtime:
             budget=open_apology_budget(settings),
             history=open_promo_history(settings),
             log=decision_writer.append,
+            read_columns=read_columns,
+            log_columns=decision_writer.append_columns,
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
         )

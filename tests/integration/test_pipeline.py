@@ -121,6 +121,15 @@ def test_direct_reader_reads_what_the_sdk_reads(built: tuple[FeastAdapter, pd.Da
             assert _same(row[name], value), (customer, name, row[name], value)
         single = direct.read(customer)
         assert all(_same(single[n], v) for n, v in expected.items()), customer
+    # The batch path's columns hold the same values, also for a customer listed twice (one read
+    # per customer, every position filled).
+    twice = [*ids, ids[0], ids[1]]
+    columns = direct.read_columns(twice)
+    for i, customer in enumerate(twice):
+        expected = sdk.read(customer)
+        got = columns.row(i)
+        assert all(_same(got[n], v) for n, v in expected.items()), customer
+    assert direct.read_many(twice)[-1] == direct.read_many([ids[1]])[0]
     # Timestamps of the realtime view: present for known customers, None for unknown ones.
     stamped = direct.read_with_timestamps([*ids[:3], "NOBODY-1"])
     assert all(ts is not None for _, ts in stamped[:3]) and stamped[3][1] is None

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,8 @@ TABLE_COLUMNS: tuple[str, ...] = (schema.ENTITY, schema.EVENT_TIMESTAMP, *schema
 PUSH_COLUMNS: tuple[str, ...] = (schema.ENTITY, schema.EVENT_TIMESTAMP, *schema.REALTIME)
 
 _TIMESTAMP_FEATURES = frozenset(n for n, kind in schema.STORED.items() if kind == "timestamp")
+#: From this many distinct customers, ``_SqliteRows.read_columns`` reads two halves in parallel.
+_PARALLEL_READ_KEYS = 2000
 #: Values this long or longer do not fit ``_SqliteRows.read_columns``'s two-digit base-64 header.
 _PACKED_MAX_LENGTH = 63 * 64 + 63
 #: Start of a full materialization: everything in the table up to ``end``.
@@ -462,8 +464,12 @@ class _SqliteRows:
             (_table_id(config.project, view, versioning), names, view.ttl)  # type: ignore[attr-defined]
             for view, names in views
         ]
+        self._path = path
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._lock = threading.Lock()
+        self._db2: Any = None
+        self._lock2: Any = None
+        self._pool: Any = None
         self._version = config.entity_key_serialization_version
         self._serialize = serialize_entity_key
         self._entity_key = EntityKey
@@ -540,6 +546,43 @@ class _SqliteRows:
             f'FROM "{table}" WHERE entity_key IN ({{marks}}) AND {stamp} >= ? GROUP BY entity_key'
         )
 
+    def _packed_rows(
+        self, connection: int, keys: list[bytes], cutoffs: list[int]
+    ) -> list[list[tuple[bytes, bytes, bytes, int]]]:
+        """``_pivot_sql``'s rows of every view for ``keys``, on connection 0 or 1."""
+        if connection == 0:
+            db, lock = self._db, self._lock
+        else:
+            db, lock = self._second()
+        chunk_size = max(1, min(self._max_params - 1, 10_000))
+        out: list[list[tuple[bytes, bytes, bytes, int]]] = []
+        with lock:
+            for sql, oldest in zip(self._pivots, cutoffs, strict=True):
+                rows: list[tuple[bytes, bytes, bytes, int]] = []
+                for start in range(0, len(keys), chunk_size):
+                    chunk = keys[start : start + chunk_size]
+                    statement = sql.format(marks=",".join("?" * len(chunk)))
+                    rows += db.execute(statement, [*chunk, oldest])
+                out.append(rows)
+        return out
+
+    def _second(self) -> tuple[Any, Any]:
+        """A second connection (and its lock) for the other half of a large read."""
+        if self._db2 is None:
+            import sqlite3
+            import threading
+
+            self._db2 = sqlite3.connect(self._path, check_same_thread=False)
+            self._lock2 = threading.Lock()
+        return self._db2, self._lock2
+
+    def _helper(self) -> Any:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-read")
+        return self._pool
+
     def read_columns(
         self, customer_ids: Sequence[str], now: datetime | None = None
     ) -> FeatureColumns:
@@ -559,16 +602,20 @@ class _SqliteRows:
         n = len(unique)
         values: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
-        chunk_size = max(1, min(self._max_params - 1, 10_000))
-        for (_, names, ttl), sql in zip(self._tables, self._pivots, strict=True):
+        cutoffs = [
             # Values older than the view's TTL read as missing, as in the SDK.
-            oldest = int((now - ttl).timestamp()) if ttl and ttl.total_seconds() > 0 else -(2**62)
-            rows: list[tuple[bytes, bytes, bytes, int]] = []
-            with self._lock:
-                for start in range(0, n, chunk_size):
-                    chunk = keys[start : start + chunk_size]
-                    statement = sql.format(marks=",".join("?" * len(chunk)))
-                    rows += self._db.execute(statement, [*chunk, oldest])
+            int((now - ttl).timestamp()) if ttl and ttl.total_seconds() > 0 else -(2**62)
+            for _, _, ttl in self._tables
+        ]
+        if n >= _PARALLEL_READ_KEYS:
+            # SQLite releases the GIL while it steps: two connections read two halves at once.
+            half = n // 2
+            other = self._helper().submit(self._packed_rows, 1, keys[half:], cutoffs)
+            mine = self._packed_rows(0, keys[:half], cutoffs)
+            per_view = [a + b for a, b in zip(mine, other.result(), strict=True)]
+        else:
+            per_view = self._packed_rows(0, keys, cutoffs)
+        for (_, names, _), rows in zip(self._tables, per_view, strict=True):
             if rows and max(row[3] or 0 for row in rows) >= _PACKED_MAX_LENGTH:
                 raise ValueError(f"a value of {names} is too long for the packed read")
             header = np.frombuffer(b"".join([row[1] for row in rows]), dtype=np.uint8)

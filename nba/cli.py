@@ -434,6 +434,7 @@ def serve(
     settings = load_settings()
     env = dict(os.environ)
     if settings.model_path is None:
+        from serving.decider import LoadedModel
         from serving.runtime import export_model
         from training.tracking import Tracker
 
@@ -449,6 +450,16 @@ def serve(
         folder = settings.decision_log_dir.parent / "serving-model"
         export_model(model, f"{tracker.model_name}/{info.version}", folder, info.run_id)
         env["NBA_MODEL_PATH"] = str(folder)
+        if settings.compiled_trees:
+            # Compile once here: the workers then load the cached code instead of each
+            # compiling it (≈ 2.5 s a model).
+            from serving.runtime import compile_for_batches
+
+            compiled = compile_for_batches(
+                LoadedModel(model, info.version), settings.model_copy(update={"model_path": folder})
+            )
+            if compiled:
+                console.print(f"compiled {compiled} forests for batch decisions")
         console.print(f"serving {tracker.model_name} version {info.version} (champion)")
     if not settings.api_keys:
         console.print("[yellow]warning:[/] NBA_API_KEYS is empty: every keyed endpoint answers 401")

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         "live: a SQLite file shared by the workers of one host (NBA_PROMO_HISTORY_PATH), or "
         "Redis (NBA_REDIS_URL), shared by every host.",
     )
+    compiled_trees: bool = Field(
+        default=True,
+        description="Predict large batches (/decide_batch) with the model's trees compiled to "
+        "native code (lleaves, cached next to the served model; about 8x faster than "
+        "Booster.predict, equal up to rounding); false: Booster.predict everywhere.",
+    )
     fast_path: bool = Field(
         default=True,
         description="Serve /decide, /decide_batch and /events from the lean ASGI path "

@@ -566,46 +566,44 @@ class _Batch:
         """The contract's response bodies, in request order."""
         decider = self.decider
         version = decider.model.version if decider.model is not None else None
-        order = ranking_order(self.values, self.eligible).tolist()
-        finite_values = _finite_list(self.values)
-        finite_uplifts = _finite_list(self.uplifts)
-        eligible = self.eligible.tolist()
-        candidate = self.candidate.tolist()
-        chosen = self.chosen.tolist()
-        self.decision_ids = _decision_ids(self.n)
-        out: list[dict[str, Any]] = []
+        n, m = self.n, len(ACTIONS)
+        order = ranking_order(self.values, self.eligible)
+        # Every (request, action) entry in ranking order, built in one pass over flat lists:
+        # request i's ranking is then the slice [m * i, m * i + m) (minus non-candidates).
+        flat = order.ravel().tolist()
+        names = np.asarray(ACTIONS, dtype=object)[order].ravel().tolist()
+        eligible = np.take_along_axis(self.eligible, order, axis=1).ravel().tolist()
+        values = _finite_list(np.take_along_axis(self.values, order, axis=1).ravel())
+        uplifts = _finite_list(np.take_along_axis(self.uplifts, order, axis=1).ravel())
+        blocked = [self.blocked_by[k // m][c] for k, c in enumerate(flat)]
+        entries = [
+            {"action": a, "eligible": e, "uplift": u, "expected_value": v, "blocked_by": list(b)}
+            for a, e, u, v, b in zip(names, eligible, uplifts, values, blocked, strict=True)
+        ]
+        candidate = np.take_along_axis(self.candidate, order, axis=1)
+        restricted = set(np.flatnonzero(~candidate.all(axis=1)).tolist())
+        self.decision_ids = _decision_ids(n)
+        chosen = np.asarray(ACTIONS, dtype=object)[self.chosen].tolist()
+        out = [
+            {
+                "decision_id": decision_id,
+                "customer_id": request.customer_id,
+                "action": action,
+                "ranking": entries[m * i : m * i + m],
+                "reasons": [],
+                "model_version": version,
+                "degraded": False,
+            }
+            for i, (decision_id, request, action) in enumerate(
+                zip(self.decision_ids, self.requests, chosen, strict=True)
+            )
+        ]
+        for i in restricted:
+            shown = candidate[i].tolist()
+            out[i]["ranking"] = [e for e, c in zip(out[i]["ranking"], shown, strict=True) if c]
         for i, request in enumerate(self.requests):
-            value_i, uplift_i, eligible_i, blocked_i = (
-                finite_values[i],
-                finite_uplifts[i],
-                eligible[i],
-                self.blocked_by[i],
-            )
-            ranking = [
-                {
-                    "action": ACTIONS[c],
-                    "eligible": eligible_i[c],
-                    "uplift": uplift_i[c],
-                    "expected_value": value_i[c],
-                    "blocked_by": list(blocked_i[c]),
-                }
-                for c in order[i]
-                if candidate[i][c]
-            ]
-            reasons: list[str] = []
             if request.explain:
-                reasons = self._reasons(i, order[i])
-            out.append(
-                {
-                    "decision_id": self.decision_ids[i],
-                    "customer_id": request.customer_id,
-                    "action": ACTIONS[chosen[i]],
-                    "ranking": ranking,
-                    "reasons": reasons,
-                    "model_version": version,
-                    "degraded": False,
-                }
-            )
+                out[i]["reasons"] = self._reasons(i, order[i].tolist())
         return out
 
     def row(self, i: int) -> dict[str, Any]:
@@ -705,8 +703,8 @@ def _record_promos(history: PromoHistory, ids: list[str], now: datetime) -> None
         history.add(customer, now)
 
 
-def _finite_list(array: np.ndarray) -> list[list[float | None]]:
-    """Rows of ``array`` as Python lists, None for NaN and infinities (JSON has neither)."""
+def _finite_list(array: np.ndarray) -> list[Any]:
+    """``array`` as (nested) Python lists, None for NaN and infinities (JSON has neither)."""
     return np.where(np.isfinite(array), array, None).tolist()
 
 

@@ -81,6 +81,25 @@ def load_champion(settings: Any) -> LoadedModel:
     return LoadedModel(tracker.load(info.version), f"{tracker.model_name}/{info.version}")
 
 
+def compiled_trees_dir(settings: Any) -> Path:
+    """Where compiled forests are cached: beside the served model, else beside the logs."""
+    if settings.model_path is not None:
+        return Path(settings.model_path) / "compiled"
+    return Path(settings.decision_log_dir).parent / "compiled-trees"
+
+
+def compile_for_batches(model: LoadedModel, settings: Any) -> int:
+    """Compile the model's trees for ``/decide_batch`` (``training.compiled``); 0 if not."""
+    compile_trees = getattr(model.estimator, "compile_for_batches", None)
+    if compile_trees is None:
+        return 0
+    try:
+        return int(compile_trees(compiled_trees_dir(settings)))
+    except Exception as error:  # a speed-up only: serve with Booster.predict
+        logger.warning("trees not compiled (%s): batches use Booster.predict", error)
+        return 0
+
+
 def open_promo_history(settings: Any) -> PromoHistory:
     """The promo history of ``settings.promo_store``: one SQLite file per host, or Redis.
 
@@ -138,6 +157,8 @@ class Runtime:
         except Exception as error:
             problems.append(f"model not loaded: {type(error).__name__}: {error}")
             logger.error("starting degraded: %s", problems[-1])
+        if model is not None and settings.compiled_trees:
+            compile_for_batches(model, settings)
         adapter = reader = None
         try:
             adapter = settings.feast_adapter()

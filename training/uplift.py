@@ -84,6 +84,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import lightgbm as lgb
@@ -110,6 +111,9 @@ MAX_EXAMPLES: Final = 5
 #: Predictions on at least this many rows are split across ``n_jobs`` threads; below it the
 #: threads cost more than they save (and a request-path prediction stays on its own thread).
 PARALLEL_PREDICT_ROWS: Final = 20_000
+#: With ``compile_for_batches``, predictions on at least this many rows use the compiled forests
+#: (below it a call costs about the same either way, and LightGBM's result is the reference).
+COMPILED_MIN_ROWS: Final = 256
 #: Characters LightGBM refuses in feature names (its model format is JSON-like).
 _UNSAFE_NAME: Final = re.compile(r"[^0-9A-Za-z_]")
 
@@ -623,7 +627,10 @@ class MultiActionUplift(BaseEstimator):
             return self._predict_s(X_arr)
         n, k = len(X_arr), len(self.actions_)
         threads = self._threads()
-        base = {o: _predict(booster, X_arr, threads) for o, booster in self.base_models_.items()}
+        base = {
+            o: self._predict_with(booster, X_arr, threads)
+            for o, booster in self.base_models_.items()
+        }
         out: dict[str, Array] = {}
         for o in OUTCOMES:
             out[o] = np.column_stack(
@@ -643,13 +650,13 @@ class MultiActionUplift(BaseEstimator):
         out: dict[str, Array] = {}
         for o in ("converted",) if converted_only else ("converted", "unsubscribed"):
             booster = self.models_[(self.actions_[0], o)]
-            p = _predict(booster, stacked, threads).reshape(k + 1, n)
+            p = self._predict_with(booster, stacked, threads).reshape(k + 1, n)
             out[o] = (p[:k] - p[k]).T
             if o == "converted":
                 base_converted = p[k]
         if converted_only:
             return out
-        fare = np.maximum(_predict(self.base_models_["fare"], X, threads), 0.0)
+        fare = np.maximum(self._predict_with(self.base_models_["fare"], X, threads), 0.0)
         out["revenue"] = out["converted"] * fare[:, None]
         out["base_converted"] = base_converted
         out["base_revenue"] = base_converted * fare
@@ -735,12 +742,45 @@ class MultiActionUplift(BaseEstimator):
         state = dict(super().__getstate__())
         state.pop("_row_predictors", None)
         state.pop("_row_explainer", None)
+        state.pop("_compiled", None)
         return state
+
+    def compile_for_batches(self, cache_dir: Path) -> int:
+        """Compile every booster to native code for large batch predictions (the service).
+
+        After this, predictions on at least ``COMPILED_MIN_ROWS`` rows go through the compiled
+        forests (``training.compiled``: equal to LightGBM's up to rounding, about 8x faster);
+        smaller ones and the single-row path stay on LightGBM. Compiled code is cached in
+        ``cache_dir``. Returns how many boosters were compiled (0: lleaves unavailable, and
+        predictions stay on LightGBM). Not pickled.
+        """
+        from training.compiled import compile_booster
+
+        check_is_fitted(self, "models_")
+        compiled: dict[int, Any] = {}
+        for booster in [*self.models_.values(), *self.base_models_.values()]:
+            if id(booster) in compiled:
+                continue
+            fast = compile_booster(booster, cache_dir)
+            if fast is None:
+                return 0
+            compiled[id(booster)] = fast
+        self.__dict__["_compiled"] = compiled
+        return len(compiled)
+
+    def _predict_with(self, booster: lgb.Booster, X: Array, threads: int) -> Array:
+        """``_predict``, through the booster's compiled forest for a large enough batch."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled and len(X) >= COMPILED_MIN_ROWS:
+            fast = compiled.get(id(booster))
+            if fast is not None:
+                return fast.predict(X, threads if len(X) >= PARALLEL_PREDICT_ROWS else 1)
+        return _predict(booster, X, threads)
 
     def _uplift(
         self, action: str, outcome: str, X: Array, base: Array | None, threads: int = 1
     ) -> Array:
-        pred = _predict(self.models_[(action, outcome)], X, threads)
+        pred = self._predict_with(self.models_[(action, outcome)], X, threads)
         if self.method == "t":
             assert base is not None  # the T-learner always has every control model
             pred = pred - base

@@ -8,7 +8,8 @@ start with the raw contract's ``actions`` table (so that outcomes joined later r
   ``degraded_reason`` (why the safe action was answered), ``explored`` (exploration drew the
   action; its ``policy`` is then ``random``, as the contract says of exploration), ``candidates``
   (``;``-joined), ``context`` (the request's context as JSON; no PII beyond ``customer_id``),
-  ``features_found`` (the online store knew the customer) and ``latency_ms`` (handler time);
+  ``features_found`` (the online store knew the customer) and ``latency_ms`` (handler time;
+  for a batch, the time to decide the whole batch);
 * per action ``a``: ``uplift_<a>``, ``value_<a>`` (expected net value), ``eligible_<a>`` and
   ``blocked_by_<a>`` (``;``-joined rule names);
 * the feature snapshot: ``f_<name>`` for every ``schema.MODEL_FEATURES`` input, as the model

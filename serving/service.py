@@ -28,22 +28,25 @@ import gc
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import bentoml
 import orjson
+from pydantic import AwareDatetime, Field
 
 from nba.settings import load_settings
 from serving.api import (
     Action,
     ApiError,
     Context,
+    CustomerId,
     DecideBatchRequest,
     DecideBatchResponse,
     DecideRequest,
     DecideResponse,
     Event,
     EventAck,
+    EventType,
     parse,
 )
 from serving.decider import Request
@@ -280,8 +283,22 @@ class NBA:
         return DecideBatchResponse(decisions=[DecideResponse(**d) for d in decisions])
 
     @bentoml.api(route="/events")
-    def events(self, event: Event) -> EventAck:
+    def events(  # the contract's flat body: one parameter per field of ``serving.api.Event``
+        self,
+        customer_id: CustomerId,
+        type: EventType,  # the contract's field name (shadows the builtin here only)
+        ts: AwareDatetime,
+        case_id: str | None = None,
+        topic: str | None = None,
+        sentiment: Annotated[float, Field(ge=-1, le=1)] | None = None,
+        compensated: bool | None = None,
+        delay_minutes: Annotated[int, Field(ge=0)] | None = None,
+        cancelled: bool | None = None,
+    ) -> EventAck:
         """Report a change (case opened, disruption, ...) that the next decision must see."""
+        event = Event(customer_id=customer_id, type=type, ts=ts, case_id=case_id, topic=topic,
+                      sentiment=sentiment, compensated=compensated, delay_minutes=delay_minutes,
+                      cancelled=cancelled)  # fmt: skip
         return EventAck(**self.runtime.handle_event(event.model_dump()))
 
 

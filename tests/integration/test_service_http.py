@@ -46,8 +46,10 @@ def free_port() -> int:
 
 
 class Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, record: bool = True) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        # Decisions of the main server are recorded for the SIGTERM and budget checks.
+        self.record = record
 
     def call(
         self, path: str, body: Any = None, key: str | None = KEY, raw: bytes | None = None
@@ -65,6 +67,8 @@ class Client:
         except urllib.error.HTTPError as error:
             status, payload = error.code, error.read()
         parsed = json.loads(payload) if payload else None
+        if not self.record:
+            return status, parsed
         decisions = []
         if path == "/decide" and status == 200:
             decisions = [parsed]
@@ -359,6 +363,56 @@ def test_store_down_means_degraded_none(world: dict[str, Any]) -> None:
             "/events", {"customer_id": "a", "type": "booking", "ts": datetime.now(UTC).isoformat()}
         )
         assert status == 503
+    finally:
+        stop(process)
+
+
+def test_bentoml_io_path_serves_the_contract_too(world: dict[str, Any]) -> None:
+    # NBA_FAST_PATH=false: the @bentoml.api methods answer (BentoML's IO descriptors) instead
+    # of Gate; the same bodies must work and give the same decisions.
+    root = world["root"] / "io-path"
+    env = {
+        **world["env"],
+        "NBA_FAST_PATH": "false",
+        "NBA_DECISION_LOG_DIR": str(root / "decisions"),
+        "NBA_EVENTS_LOG_DIR": str(root / "events"),
+        "NBA_PROMO_HISTORY_PATH": str(root / "promos.db"),
+    }
+    port = free_port()
+    process = start_server(env, port)
+    try:
+        client = Client(port, record=False)
+        assert client.call("/decide", {"customer_id": "x"}, key=None)[0] == 401
+        status, decision = client.call(
+            "/decide", {"customer_id": world["ids"]["milestone"], "explain": True}
+        )
+        assert status == 200 and decision["action"] == "recognition", decision
+        assert decision.keys() == {"decision_id", "customer_id", "action", "ranking", "reasons",
+                                   "model_version", "degraded"}  # fmt: skip
+        assert "crossed 1,000,000 miles yesterday" in decision["reasons"]
+        complaint = world["ids"]["complaint"]
+        status, batch = client.call(
+            "/decide_batch", {"requests": [{"customer_id": complaint}, {"customer_id": "NEW-1"}]}
+        )
+        assert status == 200
+        assert [d["customer_id"] for d in batch["decisions"]] == [complaint, "NEW-1"]
+        assert "open_service_case" in promo_of(batch["decisions"][0])["blocked_by"]
+        customer = world["quiet"][schema.ENTITY].iloc[5]
+        status, ack = client.call(
+            "/events",
+            {"customer_id": customer, "type": "case_opened",
+             "ts": datetime.now(UTC).isoformat(), "case_id": "K-IO"},
+        )  # fmt: skip
+        assert status == 200 and ack["applied"] is True, ack
+        _, after = client.call("/decide", {"customer_id": customer})
+        assert "open_service_case" in promo_of(after)["blocked_by"]
+        # Malformed requests are refused with a 4xx, never a 5xx.
+        status, _ = client.call("/decide", {"context": {"channel": "web"}})
+        assert 400 <= status < 500
+        status, _ = client.call(
+            "/events", {"customer_id": customer, "type": "case_opened", "ts": "2026-01-01T00:00"}
+        )
+        assert 400 <= status < 500
     finally:
         stop(process)
 

@@ -9,21 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_uplift import FAST, make_log
 from training.uplift import COMPILED_MIN_ROWS, MultiActionUplift
 
 pytest.importorskip("lleaves")
-
-
-@pytest.fixture(scope="module")
-def models() -> dict[str, MultiActionUplift]:
-    log = make_log(n=3000, seed=5)
-    return {
-        method: MultiActionUplift(method=method, **FAST).fit(
-            log.X, log.action, log.propensity, log.outcomes
-        )
-        for method in ("s", "t")
-    }
 
 
 def rows(n: int) -> np.ndarray:

@@ -7,20 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.unit.test_uplift import FAST, make_log
 from training.fastpredict import RowPredictor
 from training.uplift import MultiActionUplift
-
-
-@pytest.fixture(scope="module")
-def models() -> dict[str, MultiActionUplift]:
-    log = make_log(n=3000, seed=5)
-    return {
-        method: MultiActionUplift(method=method, **FAST).fit(
-            log.X, log.action, log.propensity, log.outcomes
-        )
-        for method in ("s", "t")
-    }
 
 
 def rows() -> np.ndarray:

@@ -705,6 +705,10 @@ class _RedisRows:
     ``online_read`` issues one pipeline per view. This asks for both views' fields in one
     command (one pipeline for many customers), with Feast's own key and field functions, and
     converts values like ``_SqliteRows``. A test compares it with the SDK on the real Redis.
+
+    ``key``, ``fields``, ``client`` and ``record`` let a caller put the ``HMGET`` of one customer
+    in a pipeline with other commands (``serving.redisreads``: a decision's features, promo
+    count and budget in one round trip).
     """
 
     def __init__(self, store: FeatureStore, views: list[tuple[object, tuple[str, ...]]]) -> None:
@@ -733,6 +737,20 @@ class _RedisRows:
         self._sqlite_like._generic = feast_value_type_to_python_type
         self._client = self._online._get_client(self._config.online_store)  # type: ignore[attr-defined]
 
+    @property
+    def client(self) -> Any:
+        """Feast's ``redis.Redis`` client of the online store (its connection pool)."""
+        return self._client
+
+    @property
+    def fields(self) -> list[bytes]:
+        """The hash fields of one customer's ``HMGET``: both views' features and timestamps."""
+        return self._fields
+
+    def key(self, customer_id: str) -> bytes:
+        """The Redis key of ``customer_id``'s hash."""
+        return self._keys([customer_id])[0]
+
     def _keys(self, customer_ids: list[str]) -> list[bytes]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -756,23 +774,25 @@ class _RedisRows:
                     pipe.hmget(key, self._fields)
                 replies = pipe.execute()
         now = now or datetime.now(UTC)
+        return [self.record(reply, now) for reply in replies]
+
+    def record(self, reply: list[bytes | None], now: datetime | None = None) -> dict[str, object]:
+        """One customer's stored features from the reply to an ``HMGET`` of ``fields``."""
+        now = now or datetime.now(UTC)
         convert = self._sqlite_like._convert
-        out: list[dict[str, object]] = []
-        for reply in replies:
-            record: dict[str, object] = dict.fromkeys(schema.STORED)
-            start = 0
-            for names, ttl in self._layout:
-                values = reply[start : start + len(names)]
-                stamp = reply[start + len(names)]
-                start += len(names) + 1
-                if stamp is None:
-                    continue  # the view has nothing for this customer
-                ts = self._timestamp.FromString(stamp)
-                seconds = ts.seconds + ts.nanos / 1e9
-                if ttl and ttl.total_seconds() > 0 and seconds < (now - ttl).timestamp():
-                    continue  # older than the view's TTL: missing, as in the SDK
-                for name, blob in zip(names, values, strict=True):
-                    if blob:
-                        record[name] = convert(blob)
-            out.append(record)
-        return out
+        record: dict[str, object] = dict.fromkeys(schema.STORED)
+        start = 0
+        for names, ttl in self._layout:
+            values = reply[start : start + len(names)]
+            stamp = reply[start + len(names)]
+            start += len(names) + 1
+            if stamp is None:
+                continue  # the view has nothing for this customer
+            ts = self._timestamp.FromString(stamp)
+            seconds = ts.seconds + ts.nanos / 1e9
+            if ttl and ttl.total_seconds() > 0 and seconds < (now - ttl).timestamp():
+                continue  # older than the view's TTL: missing, as in the SDK
+            for name, blob in zip(names, values, strict=True):
+                if blob:
+                    record[name] = convert(blob)
+        return record

@@ -118,6 +118,11 @@ class RedisBudgetCounter:
         self.prefix = prefix
         self._take = client.register_script(_TAKE_SCRIPT)
 
+    @property
+    def client(self) -> Any:
+        """The ``redis.Redis`` client (its connection pool)."""
+        return self._redis
+
     def key(self, day: date) -> str:
         """The Redis key of ``day``'s count."""
         return self.prefix + day.isoformat()

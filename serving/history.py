@@ -169,20 +169,37 @@ class RedisPromoHistory:
         self.prefix = prefix
         self.keep_days = keep_days
 
+    @property
+    def client(self) -> Any:
+        """The ``redis.Redis`` client (its connection pool)."""
+        return self._redis
+
     @staticmethod
     def _us(moment: datetime) -> int:
         return int(moment.timestamp() * 1_000_000)
 
+    def window(self, customer_id: str, now: datetime, days: float = 7.0) -> tuple[str, str, int]:
+        """``ZCOUNT``'s arguments for ``count``: the key and the window ``(now - days, now]``."""
+        start = self._us(now - timedelta(days=days))
+        # "(" makes the lower bound exclusive.
+        return self.prefix + customer_id, f"({start}", self._us(now)
+
+    @staticmethod
+    def counted(reply: object) -> int | None:
+        """``count``'s answer from a ``ZCOUNT`` reply, or None (logged) when it is an error."""
+        if isinstance(reply, Exception):
+            logger.warning("promo history unreadable (%s): promos blocked", reply)
+            return None
+        return int(reply)  # type: ignore[call-overload]
+
     def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
         import redis
 
-        start = self._us(now - timedelta(days=days))
         try:
-            # "(" makes the lower bound exclusive: the window is (now - days, now].
-            return int(self._redis.zcount(self.prefix + customer_id, f"({start}", self._us(now)))
+            reply: object = self._redis.zcount(*self.window(customer_id, now, days))
         except redis.RedisError as error:
-            logger.warning("promo history unreadable (%s): promos blocked", error)
-            return None
+            reply = error
+        return self.counted(reply)
 
     def add(self, customer_id: str, at: datetime) -> None:
         key = self.prefix + customer_id

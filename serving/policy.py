@@ -402,7 +402,8 @@ class DailyBudget:
         self._day: date | None = None
         self._warned_at = -math.inf
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
+        """The budget's clock in UTC (the day whose count ``remaining`` and ``take`` use)."""
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("DailyBudget's clock must return timezone-aware datetimes")
@@ -430,11 +431,22 @@ class DailyBudget:
 
     def remaining(self) -> int:
         """Credits that ``take`` would grant now (the guardrail value ``apology_budget_left``)."""
-        now = self._now()
+        now = self.now()
         try:
-            spent = self.counter.spent(now.date())
+            spent: int | Exception = self.counter.spent(now.date())
         except Exception as error:  # any store failure fails closed, never fails the decision
-            self._unreadable(error)
+            spent = error
+        return self.left(now, spent)
+
+    def left(self, now: datetime, spent: int | Exception) -> int:
+        """``remaining()`` at ``now`` given the count of ``now``'s day, read by the caller.
+
+        ``spent`` is the error when the count could not be read: 0 then (fail closed), with a
+        rate-limited warning. ``serving.redisreads`` reads the count in the same round trip as
+        the features and the promo count, then calls this.
+        """
+        if isinstance(spent, Exception):
+            self._unreadable(spent)
             return 0
         return max(0, self.allowance(now) - spent)
 
@@ -446,7 +458,7 @@ class DailyBudget:
         counter) took the last one, or the counter is unreadable, and the decision must be made
         again without it.
         """
-        now = self._now()
+        now = self.now()
         try:
             return self.counter.take(now.date(), self.allowance(now))
         except Exception as error:  # fail closed: no credit rather than too many

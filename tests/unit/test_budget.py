@@ -178,3 +178,17 @@ def test_runtime_shares_the_count_through_the_promo_file(tmp_path: Path) -> None
     assert first.remaining() == second.remaining() == 0
     first.close()
     second.close()
+
+
+def test_left_is_remaining_for_a_count_read_elsewhere(caplog: pytest.LogCaptureFixture) -> None:
+    # serving.redisreads reads the day's count with other reads, then asks the budget.
+    clock = FakeClock(NOON)
+    budget = DailyBudget(240, clock)
+    for _ in range(30):
+        assert budget.take()
+    now = budget.now()
+    assert now == NOON and budget.left(now, budget.counter.spent(now.date())) == budget.remaining()
+    assert budget.left(now, 30) == 100 and budget.left(now, 500) == 0
+    with caplog.at_level(logging.WARNING, logger="serving.policy"):
+        assert budget.left(now, ConnectionError("down")) == 0  # fail closed
+    assert "apology budget unreadable" in caplog.text

@@ -22,7 +22,8 @@ The client shares the 2 cores with the server: HTTP figures are upper bounds on 
 measures HTTP ``/decide`` at each concurrency three ways, one server after the other with the
 same workers: SQLite online store and promo history (the embedded default), Redis online store
 with the SQLite promo history, and Redis for both (the production profile's request path). The
-promo history keys it writes to Redis (``nba:bench-<pid>:promos:``) are deleted at the end.
+apology budget is counted with the promo history. The promo and budget keys it writes to Redis
+(``nba:bench-<pid>:``) are deleted at the end.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def compare_stores(
                 server.wait(timeout=60)
     finally:
         client = redis_client(settings.redis_url)
-        keys = list(client.scan_iter(match=f"nba:{environment}:promos:*", count=10_000))
+        keys = list(client.scan_iter(match=f"nba:{environment}:*", count=10_000))
         if keys:
             client.delete(*keys)
     return rows

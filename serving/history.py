@@ -54,6 +54,17 @@ class MemoryPromoHistory:
         with self._lock:
             self._times.setdefault(customer_id, []).append(at)
 
+    def count_many(
+        self, customer_ids: list[str], now: datetime, days: float = 7.0
+    ) -> list[int | None]:
+        """``count`` for many customers."""
+        return [self.count(c, now, days) for c in customer_ids]
+
+    def add_many(self, customer_ids: list[str], at: datetime) -> None:
+        """``add`` for many customers."""
+        for customer_id in customer_ids:
+            self.add(customer_id, at)
+
 
 class SqlitePromoHistory:
     """The history in one SQLite file shared by every worker on the host.
@@ -101,13 +112,43 @@ class SqlitePromoHistory:
             return None
 
     def add(self, customer_id: str, at: datetime) -> None:
+        self.add_many([customer_id], at)
+
+    def count_many(
+        self, customer_ids: list[str], now: datetime, days: float = 7.0
+    ) -> list[int | None]:
+        """``count`` for many customers (a batch) in one statement per 900 ids."""
+        window = (self._us(now - timedelta(days=days)), self._us(now))
+        counts: dict[str, int] = {}
+        unique = list(dict.fromkeys(customer_ids))
+        try:
+            with self._lock:
+                for start in range(0, len(unique), 900):
+                    chunk = unique[start : start + 900]
+                    marks = ",".join("?" * len(chunk))
+                    counts.update(
+                        self._db.execute(
+                            "SELECT customer_id, COUNT(*) FROM promos WHERE customer_id IN "
+                            f"({marks}) AND at_us > ? AND at_us <= ? GROUP BY customer_id",
+                            (*chunk, *window),
+                        ).fetchall()
+                    )
+        except sqlite3.Error as error:
+            logger.warning("promo history unreadable (%s): promos blocked", error)
+            return [None] * len(customer_ids)
+        return [int(counts.get(c, 0)) for c in customer_ids]
+
+    def add_many(self, customer_ids: list[str], at: datetime) -> None:
+        """Record a promo for each of ``customer_ids`` at ``at`` (one transaction)."""
+        stamp = self._us(at)
         with self._lock:
-            self._db.execute(
-                "INSERT INTO promos (customer_id, at_us) VALUES (?, ?)", (customer_id, self._us(at))
-            )
-            self._db.commit()
-            self._adds += 1
-            if self._adds % 10_000 == 0:
+            with self._db:  # one commit for the whole batch
+                self._db.executemany(
+                    "INSERT INTO promos (customer_id, at_us) VALUES (?, ?)",
+                    [(c, stamp) for c in customer_ids],
+                )
+            before, self._adds = self._adds, self._adds + len(customer_ids)
+            if before // 10_000 != self._adds // 10_000:
                 cutoff = self._us(at - timedelta(days=self.keep_days))
                 self._db.execute("DELETE FROM promos WHERE at_us < ?", (cutoff,))
                 self._db.commit()
@@ -202,13 +243,33 @@ class RedisPromoHistory:
         return self.counted(reply)
 
     def add(self, customer_id: str, at: datetime) -> None:
-        key = self.prefix + customer_id
+        self.add_many([customer_id], at)
+
+    def count_many(
+        self, customer_ids: list[str], now: datetime, days: float = 7.0
+    ) -> list[int | None]:
+        """``count`` for many customers (a batch) in one pipelined round trip."""
+        import redis
+
+        pipe = self._redis.pipeline(transaction=False)
+        for customer_id in customer_ids:
+            pipe.zcount(*self.window(customer_id, now, days))
+        try:
+            replies: list[object] = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            replies = [error] * len(customer_ids)
+        return [self.counted(reply) for reply in replies]
+
+    def add_many(self, customer_ids: list[str], at: datetime) -> None:
+        """Record a promo for each of ``customer_ids`` at ``at`` (one pipelined round trip)."""
         stamp = self._us(at)
         cutoff = self._us(at - timedelta(days=self.keep_days))
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(key, {f"{stamp}-{uuid.uuid4().hex[:8]}": stamp})
-        pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
-        pipe.expire(key, int(self.keep_days * 86_400))
+        for customer_id in customer_ids:
+            key = self.prefix + customer_id
+            pipe.zadd(key, {f"{stamp}-{uuid.uuid4().hex[:8]}": stamp})
+            pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
+            pipe.expire(key, int(self.keep_days * 86_400))
         pipe.execute()
 
     def close(self) -> None:

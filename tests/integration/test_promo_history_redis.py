@@ -83,3 +83,11 @@ def test_the_settings_choose_the_store(redis_url: str, tmp_path: Any) -> None:
     redis_history.close()
     sqlite_history = open_promo_history(Settings(promo_history_path=tmp_path / "p.db"))
     assert type(sqlite_history).__name__ == "SqlitePromoHistory"
+
+
+def test_batch_counts_and_adds_match_single_ones(client: Any) -> None:
+    history = RedisPromoHistory(client, prefix=client.nba_prefix)
+    history.add_many(["b1", "b2", "b1"], NOW - timedelta(days=1))
+    history.add("b3", NOW - timedelta(days=8))  # outside the window
+    ids = ["b1", "b2", "b3", "b4", "b1"]
+    assert history.count_many(ids, NOW) == [history.count(c, NOW) for c in ids] == [2, 1, 0, 0, 2]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from features import decision_log, schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from serving.decider import Decider, LoadedModel, Request
-from serving.history import MemoryPromoHistory
+from serving.history import MemoryPromoHistory, SqlitePromoHistory
 from serving.policy import DailyBudget
 from tests.unit.test_decider import NOW, RULES, StubModel, quiet_customer
 from training.value import ActionCosts
@@ -186,3 +187,25 @@ def test_feature_columns_from_records_round_trip() -> None:
     assert columns.take(np.array([1, 0, 0])).row(2) == records[0]
     assert np.isnan(columns.numeric("open_case_count")[1])
     assert columns.numeric("marketing_opt_in")[0] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_history_batch_counts_and_adds_match_single_ones(kind: str, tmp_path: Path) -> None:
+    history: Any = (
+        MemoryPromoHistory() if kind == "memory" else SqlitePromoHistory(tmp_path / "promos.db")
+    )
+    history.add_many(["b1", "b2", "b1"], NOW - timedelta(days=1))
+    history.add("b3", NOW - timedelta(days=8))  # outside the window
+    ids = ["b1", "b2", "b3", "b4", "b1"]
+    assert history.count_many(ids, NOW) == [history.count(c, NOW) for c in ids] == [2, 1, 0, 0, 2]
+
+
+def test_batch_records_its_promos_in_the_shared_history(tmp_path: Path) -> None:
+    rows = {"C1": quiet_customer(), "C2": quiet_customer()}
+    decider = _decider(rows, {"promo": 0.05}, 3, [])
+    decider.history = SqlitePromoHistory(tmp_path / "promos.db")
+    out = decider.decide_batch([Request("C1"), Request("C2"), Request("C1")])
+    assert [d["action"] for d in out] == ["promo", "promo", "none"]
+    # Another worker's history on the same file sees both promos at once.
+    other = SqlitePromoHistory(tmp_path / "promos.db")
+    assert other.count_many(["C1", "C2", "C3"], NOW) == [1, 1, 0]

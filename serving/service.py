@@ -27,6 +27,7 @@ import asyncio
 import gc
 import hmac
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Final
 
@@ -63,6 +64,8 @@ Send = Callable[[Message], Awaitable[None]]
 OPEN_ROUTES: Final = frozenset({"/healthz", "/readyz", "/livez"})
 #: Documentation routes (public) of BentoML's UI.
 DOC_PREFIXES: Final = ("/docs.json", "/static_content", "/schema.json", "/assets")
+#: The workers' GIL switch interval in seconds (Python's default: 0.005); see ``NBA.__init__``.
+SWITCH_INTERVAL: Final = 0.0005
 #: Batches run off the event loop above this many requests (a long batch must not stall the
 #: worker's other connections).
 THREAD_BATCH: Final = 200
@@ -253,6 +256,11 @@ class NBA:
         # generations, or gen-2 collections pause requests for ~300 ms (stack-facts).
         gc.collect()
         gc.freeze()
+        # The log writer's thread converts seconds of rows to Arrow in the background; with
+        # Python's default 5 ms GIL switch interval a request waited up to 5 ms per switch
+        # behind it. 0.5 ms: p99 at concurrency 8 went from 14-16 ms to 11-12 ms, p99.9 from
+        # ~44 to ~30 ms (two runs each, load average 2-3).
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
     def __is_ready__(self) -> bool:
         return self.runtime.readiness()[0]

@@ -419,6 +419,11 @@ class DirectOnlineReader:
             return self._sqlite.read_many(ids)
         return [record for record, _ in self.read_with_timestamps(ids)]
 
+    @property
+    def store_rows(self) -> object:
+        """The store-specific reader (``_SqliteRows`` or ``_RedisRows``), None for others."""
+        return self._sqlite
+
     def read_columns(self, customer_ids: Sequence[str]) -> FeatureColumns:
         """``read_many``'s values as columns (``features.columns``): the batch path's read."""
         if isinstance(self._sqlite, _SqliteRows):

@@ -72,6 +72,8 @@ LOG_EVERY_SECONDS: Final = 10.0
 Reader = Callable[[str], Mapping[str, Any]]
 ManyReader = Callable[[Sequence[str]], Sequence[Mapping[str, Any]]]
 ColumnReader = Callable[[Sequence[str]], FeatureColumns]
+#: (customer, decision time) -> (stored features, promos in the last 7 days or None, credits left).
+ContextReader = Callable[[str, datetime], tuple[Mapping[str, Any], int | None, int]]
 #: A batch of decision-log rows as columns: name -> list, array, or (array, null mask).
 LogColumns = Mapping[str, Any]
 
@@ -112,6 +114,9 @@ class Decider:
         log: sink for decision-log rows (``LogWriter.append``); None: no log.
         read_columns: many customers' stored features as columns (``read_columns`` of
             ``features.store.DirectOnlineReader``); default: ``read_many``'s rows converted.
+        read_context: for ``decide``, one call that returns what ``read``, the history's
+            ``count`` and the budget's ``remaining`` would (``serving.redisreads``: one Redis
+            round trip); default: the three calls.
         log_columns: sink for a batch's log rows as columns (``LogWriter.append_columns``);
             default: the rows one by one to ``log``.
         epsilon: exploration probability.
@@ -137,6 +142,7 @@ class Decider:
         top_contributions: int = 3,
         read_columns: ColumnReader | None = None,
         log_columns: Callable[[LogColumns, int], None] | None = None,
+        read_context: ContextReader | None = None,
     ) -> None:
         if BUDGET_RULE not in rules.names:
             raise guardrails.GuardrailError(
@@ -152,6 +158,7 @@ class Decider:
         self.history = history
         self._log = log
         self._read_columns_fn = read_columns
+        self._read_context = read_context
         self._log_columns = log_columns
         self.epsilon = epsilon
         self._rng = rng or random.Random()
@@ -169,12 +176,17 @@ class Decider:
         """The contract's ``/decide`` response for one request (and its log row queued)."""
         started = time.perf_counter()
         now = self._clock()
+        server_side: tuple[int | None, int] | None = None
         try:
-            stored = self._read(request.customer_id)
+            if self._read_context is not None:
+                stored, promos, left = self._read_context(request.customer_id, now)
+                server_side = (promos, left)
+            else:
+                stored = self._read(request.customer_id)
         except Exception as error:
             return self._degraded(request, now, f"feature store unavailable: {_brief(error)}",
                                   started)  # fmt: skip
-        return self._decide_with(request, stored, now, None, started)
+        return self._decide_with(request, stored, now, None, started, server_side=server_side)
 
     def decide_batch(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
         """``decide`` for many requests, as arrays: one online read and one model call.
@@ -293,6 +305,7 @@ class Decider:
         scored: tuple[np.ndarray, np.ndarray] | None,
         started: float,
         row: dict[str, Any] | None = None,
+        server_side: tuple[int | None, int] | None = None,
     ) -> dict[str, Any]:
         if row is None:
             row = {**stored, **derive_row(stored, now)}
@@ -310,8 +323,11 @@ class Decider:
         uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
 
         row["channel"] = request.channel
-        row["promos_7d"] = self.history.count(request.customer_id, now, 7.0)
-        row["apology_budget_left"] = self.budget.remaining()
+        if server_side is None:
+            row["promos_7d"] = self.history.count(request.customer_id, now, 7.0)
+            row["apology_budget_left"] = self.budget.remaining()
+        else:  # read with the features (``read_context``)
+            row["promos_7d"], row["apology_budget_left"] = server_side
         blocked = guardrails.evaluate(self.rules, row)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
         if decision.action == "apology_credit" and not self.budget.take():

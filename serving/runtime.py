@@ -36,6 +36,7 @@ from serving.guardrails import load_rules
 from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.logwriter import LogWriter
 from serving.policy import BudgetCounter, DailyBudget
+from serving.redisreads import one_round_trip
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +190,22 @@ class Runtime:
         event_writer = LogWriter(
             Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts", flush
         )
+        budget = open_apology_budget(settings)
+        history = open_promo_history(settings)
+        # Production profile: a decision's features, promo count and budget in one Redis round
+        # trip when all three live on one server (serving.redisreads); else three calls.
+        one_trip = None
+        if reader is not None:
+            one_trip = one_round_trip(reader.store_rows, history, budget)
         decider = Decider(
             model=model,
             read=read,
             read_many=read_many,
             rules=rules,
             costs=settings.action_costs(),
-            budget=open_apology_budget(settings),
-            history=open_promo_history(settings),
+            budget=budget,
+            history=history,
+            read_context=one_trip,
             log=decision_writer.append,
             read_columns=read_columns,
             log_columns=decision_writer.append_columns,

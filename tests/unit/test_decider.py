@@ -249,3 +249,28 @@ def test_no_promo_for_open_case_recent_negative_or_opt_out(
         promo = next(r for r in out["ranking"] if r["action"] == "promo")
         if forbidden:
             assert out["action"] != "promo" and not promo["eligible"] and promo["blocked_by"]
+
+
+def test_read_context_supplies_features_promos_and_budget_in_one_call() -> None:
+    calls: list[str] = []
+
+    def read_context(customer_id: str, now: datetime) -> tuple[Mapping[str, Any], int | None, int]:
+        calls.append(customer_id)
+        if customer_id == "DOWN":
+            raise ConnectionError("redis down")
+        return quiet_customer(), 1 if customer_id == "CAPPED" else 0, 0
+
+    decider = make({}, {"promo": 0.05})
+    decider._read_context = read_context
+    capped = decider.decide(Request("CAPPED"))
+    assert capped["action"] == "none"
+    assert promo_of(capped)["blocked_by"] == ["promo_frequency_cap"]
+    fresh = decider.decide(Request("FRESH"))
+    assert fresh["action"] == "promo"
+    down = decider.decide(Request("DOWN"))
+    assert down["degraded"] is True and down["action"] == "none"
+    assert calls == ["CAPPED", "FRESH", "DOWN"]
+
+
+def promo_of(decision: Mapping[str, Any]) -> Mapping[str, Any]:
+    return next(r for r in decision["ranking"] if r["action"] == "promo")

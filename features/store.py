@@ -741,6 +741,15 @@ class _RedisRows:
         self._sqlite_like._null_ts = NULL_TIMESTAMP_INT_VALUE
         self._sqlite_like._generic = feast_value_type_to_python_type
         self._client = self._online._get_client(self._config.online_store)  # type: ignore[attr-defined]
+        # redis-py's default retries three times with exponential backoff: with Redis down one
+        # read took 4-13 s and stalled the worker. One immediate retry (a pooled connection
+        # Redis closed is replaced), then the error: the decision is degraded at once. The
+        # client is Feast's own, so /events pushes fail fast the same way (503).
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        if hasattr(self._client, "set_retry"):
+            self._client.set_retry(Retry(NoBackoff(), 1))
 
     @property
     def client(self) -> Any:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -109,6 +113,52 @@ def feature_repo_copier() -> Callable[[Path, str], Path]:
 def feature_table_builder() -> Callable[..., pd.DataFrame]:
     """``synthetic_feature_table``: a small feature table that follows ``features.schema``."""
     return synthetic_feature_table
+
+
+@contextlib.contextmanager
+def redis_feature_store(
+    redis_url: str, folder: Path, table: pd.DataFrame, end: pd.Timestamp
+) -> Iterator[Any]:
+    """A throwaway Feast project in Redis holding ``table`` (materialized up to ``end``).
+
+    The project name is unique, and its Redis keys are deleted on exit.
+    """
+    from features.store import FeastAdapter
+
+    project = f"nba_test_{uuid.uuid4().hex[:10]}"
+    repo = copy_feature_repo(folder / "repo", project)
+    adapter = FeastAdapter(repo, Path("feature_store.redis.yaml"), redis_url=redis_url)
+    adapter.write_offline(table)
+    adapter.apply()
+    try:
+        adapter.materialize(end=end.to_pydatetime())
+        yield adapter
+    finally:
+        adapter.store.teardown()  # this project's Redis keys (and its registry in tmp)
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own (``nba:test-<random>:``); its keys are deleted."""
+    from serving.history import redis_client
+
+    prefix = f"nba:test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis_client(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+class FakeClock:
+    """A clock for injected ``clock=`` arguments: returns ``now``, which a test moves."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,29 +18,16 @@ from serving.budget import REDIS_TTL_SECONDS, RedisBudgetCounter
 from serving.history import redis_client
 from serving.policy import DailyBudget
 from serving.runtime import open_apology_budget
+from tests.conftest import FakeClock
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
 
 NOON = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"nba:test-{uuid.uuid4().hex[:10]}:apology:"
-    yield prefix
-    client = redis_client(redis_url)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix + "apology:"
 
 
 def test_counts_per_day_up_to_the_limit(redis_url: str, prefix: str) -> None:

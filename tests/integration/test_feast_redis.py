@@ -6,15 +6,14 @@ the end, so parallel runs and the real ``nba`` project are left alone.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from features import schema
 from features.store import FeastAdapter
+from tests.conftest import redis_feature_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
 
@@ -27,21 +26,13 @@ CUSTOMERS = ["r1", "r2", "r3"]
 def adapter(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-    feature_repo_copier: Callable[[Path, str], Path],
     feature_table_builder: Callable[..., pd.DataFrame],
 ) -> Iterator[FeastAdapter]:
     """Apply and materialize a synthetic table into Redis under a unique project."""
-    project = f"nba_test_{uuid.uuid4().hex[:10]}"
-    repo = feature_repo_copier(tmp_path_factory.mktemp("feast_redis") / "repo", project)
-    adapter = FeastAdapter(repo, Path("feature_store.redis.yaml"), redis_url=redis_url)
-    adapter.write_offline(feature_table_builder(CUSTOMERS, [T0, T1]))
-    adapter.apply()
-    try:
-        adapter.materialize(end=(T1 + pd.Timedelta(days=1)).to_pydatetime())
+    table = feature_table_builder(CUSTOMERS, [T0, T1])
+    folder = tmp_path_factory.mktemp("feast_redis")
+    with redis_feature_store(redis_url, folder, table, T1 + pd.Timedelta(days=1)) as adapter:
         yield adapter
-    finally:
-        # Deletes this project's Redis keys (and the registry in tmp).
-        adapter.store.teardown()
 
 
 def test_config_uses_redis(adapter: FeastAdapter, redis_url: str) -> None:

@@ -7,7 +7,6 @@ and budget keys under a prefix of their own; everything is deleted at the end.
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
 from serving.history import RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.policy import DailyBudget
 from serving.redisreads import RedisDecisionReads, one_round_trip
+from tests.conftest import redis_feature_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
 
@@ -35,33 +35,20 @@ NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 def adapter(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-    feature_repo_copier: Callable[[Path, str], Path],
     feature_table_builder: Callable[..., pd.DataFrame],
 ) -> Iterator[FeastAdapter]:
     """A synthetic table applied and materialized into Redis under a unique project."""
-    project = f"nba_test_{uuid.uuid4().hex[:10]}"
-    repo = feature_repo_copier(tmp_path_factory.mktemp("redis_reads") / "repo", project)
-    adapter = FeastAdapter(repo, Path("feature_store.redis.yaml"), redis_url=redis_url)
     # q3 has no strings or timestamps in its latest row: missing values must read as None.
-    adapter.write_offline(feature_table_builder(CUSTOMERS, [T0, T1], lambda c, k: c == "q3"))
-    adapter.apply()
-    try:
-        adapter.materialize(end=(T1 + pd.Timedelta(days=1)).to_pydatetime())
+    table = feature_table_builder(CUSTOMERS, [T0, T1], lambda c, k: c == "q3")
+    folder = tmp_path_factory.mktemp("redis_reads")
+    with redis_feature_store(redis_url, folder, table, T1 + pd.Timedelta(days=1)) as adapter:
         yield adapter
-    finally:
-        adapter.store.teardown()  # this project's Redis keys
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
+def prefix(redis_prefix: str) -> str:
     """A key prefix of this test's own for promos and budget (deleted afterwards)."""
-    prefix = f"nba:test-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis_client(redis_url)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    return redis_prefix
 
 
 def rows_of(adapter: FeastAdapter) -> Any:

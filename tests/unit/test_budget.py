@@ -17,16 +17,9 @@ import pytest
 
 from serving.budget import KEEP_DAYS, SqliteBudgetCounter
 from serving.policy import DailyBudget, MemoryBudgetCounter
+from tests.conftest import FakeClock
 
 NOON = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def test_sqlite_counter_counts_per_day_up_to_the_limit(tmp_path: Path) -> None:

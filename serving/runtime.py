@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import random
 import threading
@@ -83,9 +84,13 @@ def load_champion(settings: Any) -> LoadedModel:
 
 
 def compiled_trees_dir(settings: Any) -> Path:
-    """Where compiled forests are cached: beside the served model, else beside the logs."""
+    """Where compiled forests are cached: beside the served model when its folder is writable
+    (``nba serve``'s export), else beside the logs (a read-only mounted model, say)."""
     if settings.model_path is not None:
-        return Path(settings.model_path) / "compiled"
+        folder = Path(settings.model_path)
+        compiled = folder / "compiled"
+        if os.access(compiled if compiled.exists() else folder, os.W_OK):
+            return compiled
     return Path(settings.decision_log_dir).parent / "compiled-trees"
 
 

@@ -70,3 +70,24 @@ def test_without_lleaves_predictions_stay_on_lightgbm(
     np.testing.assert_array_equal(
         model.predict_effects(X)["converted"], models["s"].predict_effects(X)["converted"]
     )
+
+
+def test_cache_folder_beside_a_writable_model_else_beside_the_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import serving.runtime
+    from serving.runtime import compiled_trees_dir
+
+    model, logs = tmp_path / "model", tmp_path / "logs" / "decisions"
+    model.mkdir()
+    settings = SimpleNamespace(model_path=model, decision_log_dir=logs)
+    assert compiled_trees_dir(settings) == model / "compiled"
+    # A read-only mounted model folder (root ignores permission bits: say it is not writable).
+    monkeypatch.setattr(serving.runtime.os, "access", lambda path, mode: False)
+    assert compiled_trees_dir(settings) == tmp_path / "logs" / "compiled-trees"
+    monkeypatch.undo()
+    assert compiled_trees_dir(SimpleNamespace(model_path=None, decision_log_dir=logs)) == (
+        tmp_path / "logs" / "compiled-trees"
+    )

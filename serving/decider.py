@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHANNEL: Final = "web"
 #: The guardrail a budget race falls back on (its rule name must exist in the rule file).
 BUDGET_RULE: Final = "apology_daily_budget"
+#: ``decide_batch`` below this many requests runs ``decide`` per request: measured here, a batch
+#: of 8 took 4.5 ms on the array path against 8 x 0.27 ms, and from 32 the array path wins.
+SMALL_BATCH: Final = 32
 #: Degraded-mode causes are logged at most once per this many seconds each (no log flood when
 #: the store is down under load).
 LOG_EVERY_SECONDS: Final = 10.0
@@ -159,6 +162,8 @@ class Decider:
         self._log = log
         self._read_columns_fn = read_columns
         self._read_context = read_context
+        #: Batches smaller than this are decided one request at a time (see ``decide_batch``).
+        self.small_batch = SMALL_BATCH
         self._log_columns = log_columns
         self.epsilon = epsilon
         self._rng = rng or random.Random()
@@ -202,6 +207,10 @@ class Decider:
         """
         if not requests:
             return []
+        if len(requests) < self.small_batch:
+            # The array path has ≈ 3 ms of fixed cost (frames, vectorized rules): below this
+            # size a series of single decisions, which it equals, is faster.
+            return [self.decide(request) for request in requests]
         started = time.perf_counter()
         now = self._clock()
         ids = [r.customer_id for r in requests]

@@ -147,6 +147,7 @@ def test_batch_equals_a_series_of_single_decisions(
     batch_log: list[Mapping[str, Any]] = []
     single = _decider(rows, uplifts, budget, one_log)
     batched = _decider(rows, uplifts, budget, batch_log)
+    batched.small_batch = 0  # the array path even for these small batches
     expected = [single.decide(r) for r in made]
     got = batched.decide_batch(made)
     assert [_without_ids(d) for d in got] == [_without_ids(d) for d in expected]
@@ -159,6 +160,7 @@ def test_batch_log_columns_write_the_same_parquet_as_rows(tmp_path: Path) -> Non
     rows = {"C1": quiet_customer(), "C2": quiet_customer(open_case_count=1)}
     columns: list[tuple[Mapping[str, Any], int]] = []
     decider = _decider(rows, {"promo": 0.05}, 3, [])
+    decider.small_batch = 0
     decider._log_columns = lambda c, n: columns.append((c, n))
     requests = [Request("C1", {"channel": "app"}), Request("C2"), Request("C9", explain=True),
                 Request("C1", candidates=("recognition",))]  # fmt: skip
@@ -203,6 +205,7 @@ def test_history_batch_counts_and_adds_match_single_ones(kind: str, tmp_path: Pa
 def test_batch_records_its_promos_in_the_shared_history(tmp_path: Path) -> None:
     rows = {"C1": quiet_customer(), "C2": quiet_customer()}
     decider = _decider(rows, {"promo": 0.05}, 3, [])
+    decider.small_batch = 0
     decider.history = SqlitePromoHistory(tmp_path / "promos.db")
     out = decider.decide_batch([Request("C1"), Request("C2"), Request("C1")])
     assert [d["action"] for d in out] == ["promo", "promo", "none"]

@@ -88,7 +88,7 @@ def make(
 
     if model == "stub":
         model = LoadedModel(StubModel(uplifts or {"promo": 0.05}), "nba-uplift/3")
-    return Decider(
+    decider = Decider(
         model=model,
         read=read,
         read_many=lambda ids: [read(i) for i in ids],
@@ -101,6 +101,10 @@ def make(
         rng=random.Random(0),
         clock=lambda: NOW,
     )
+    # These small batches take the array path (the service sends them one by one below
+    # SMALL_BATCH, which test_decide_batch shows to be the same thing).
+    decider.small_batch = 0
+    return decider
 
 
 def test_promo_chosen_for_a_quiet_customer_and_ranked() -> None:

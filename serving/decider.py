@@ -18,9 +18,17 @@ Per request:
    a chosen promo is recorded in the shared history before the answer leaves;
 5. reasons when asked (``serving.explain``); one decision-log row queued for the writer.
 
+Store calls: one decision is written once, as ``_steps``, a generator that yields its store
+operations (read the features, with the promo count and the budget when one store has them;
+take an apology credit; record a promo) and is sent their answers. ``decide`` answers them
+with blocking calls; ``decide_async`` awaits them through a ``DecisionIO``, so that a service
+worker on Redis decides other requests while Redis answers and concurrent requests share round
+trips (``serving.redisreads.PipelinedDecisionIO``). Same steps, same answers (tested).
+
 Degraded mode: if the features or the model cannot be read (or the model fails), the answer is
 ``none`` with ``degraded: true``, the cause is logged (without feature values) and kept in the
-decision log's ``degraded_reason``. A valid request never raises out of ``decide``.
+decision log's ``degraded_reason``; a promo that cannot be recorded in the history is not given
+(same). A valid request never raises out of ``decide``.
 """
 
 from __future__ import annotations
@@ -32,10 +40,10 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import pandas as pd
@@ -79,6 +87,37 @@ ColumnReader = Callable[[Sequence[str]], FeatureColumns]
 ContextReader = Callable[[str, datetime], tuple[Mapping[str, Any], int | None, int]]
 #: A batch of decision-log rows as columns: name -> list, array, or (array, null mask).
 LogColumns = Mapping[str, Any]
+#: A decision's reads: stored features, and ``(promos_7d, apology_budget_left)`` when read
+#: with them (None: the decider asks its history and budget itself).
+Context = tuple[Mapping[str, Any], tuple[int | None, int] | None]
+#: ``Decider._steps``: yields store operations, is sent their answers, returns the response.
+Steps = Generator[tuple[Any, ...], Any, dict[str, Any]]
+
+# The store operations of ``Decider._steps`` (compared by identity on the request path).
+_READ: Final = "read"
+_TAKE: Final = "take"
+_ADD_PROMO: Final = "add_promo"
+
+
+class DecisionIO(Protocol):
+    """The store calls of one decision, awaited (``Decider.decide_async``).
+
+    ``serving.redisreads.PipelinedDecisionIO`` implements it on Redis, sharing round trips
+    between the concurrent decisions of an event loop.
+    """
+
+    async def read(self, customer_id: str, now: datetime) -> Context:
+        """Stored features and ``(promos in the 7 days to now, apology credits left)``;
+        raises when the features cannot be read."""
+        ...
+
+    async def take_credit(self) -> bool:
+        """Take one apology credit from the shared budget if the pace allows it now."""
+        ...
+
+    async def add_promo(self, customer_id: str, at: datetime) -> None:
+        """Record a promo given at ``at``; raises when it cannot be recorded."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -179,19 +218,56 @@ class Decider:
 
     def decide(self, request: Request) -> dict[str, Any]:
         """The contract's ``/decide`` response for one request (and its log row queued)."""
-        started = time.perf_counter()
-        now = self._clock()
-        server_side: tuple[int | None, int] | None = None
-        try:
-            if self._read_context is not None:
-                stored, promos, left = self._read_context(request.customer_id, now)
-                server_side = (promos, left)
-            else:
-                stored = self._read(request.customer_id)
-        except Exception as error:
-            return self._degraded(request, now, f"feature store unavailable: {_brief(error)}",
-                                  started)  # fmt: skip
-        return self._decide_with(request, stored, now, None, started, server_side=server_side)
+        steps = self._steps(request)
+        op = next(steps)
+        while True:
+            try:
+                kind = op[0]
+                if kind is _READ:
+                    answer: Any = self._read_now(op[1], op[2])
+                elif kind is _TAKE:
+                    answer = self.budget.take()
+                else:
+                    answer = self.history.add(op[1], op[2])
+            except Exception as error:
+                try:
+                    op = steps.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                continue
+            try:
+                op = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def decide_async(self, request: Request, io: DecisionIO) -> dict[str, Any]:
+        """``decide`` with its reads and writes awaited through ``io`` (an event loop's path).
+
+        The same steps as ``decide`` (``_steps``), so the same answer for the same state; only
+        the store calls differ: ``io`` reads the features, promo count and budget together and
+        can share one round trip between concurrent requests (``serving.redisreads``).
+        """
+        steps = self._steps(request)
+        op = next(steps)
+        while True:
+            try:
+                kind = op[0]
+                if kind is _READ:
+                    answer: Any = await io.read(op[1], op[2])
+                elif kind is _TAKE:
+                    answer = await io.take_credit()
+                else:
+                    answer = await io.add_promo(op[1], op[2])
+            except Exception as error:
+                try:
+                    op = steps.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                continue
+            try:
+                op = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
     def decide_batch(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
         """``decide`` for many requests, as arrays: one online read and one model call.
@@ -306,28 +382,40 @@ class Decider:
             uplifts[column] = effects["converted"][0, j]
         return values, uplifts
 
-    def _decide_with(
-        self,
-        request: Request,
-        stored: Mapping[str, Any],
-        now: datetime,
-        scored: tuple[np.ndarray, np.ndarray] | None,
-        started: float,
-        row: dict[str, Any] | None = None,
-        server_side: tuple[int | None, int] | None = None,
-    ) -> dict[str, Any]:
-        if row is None:
-            row = {**stored, **derive_row(stored, now)}
+    def _read_now(self, customer_id: str, now: datetime) -> Context:
+        """``_READ``'s answer from the decider's own readers (``decide``)."""
+        if self._read_context is not None:
+            stored, promos, left = self._read_context(customer_id, now)
+            return stored, (promos, left)
+        return self._read(customer_id), None
+
+    def _steps(self, request: Request) -> Steps:
+        """One decision as a generator of its store operations (sans-IO).
+
+        Yields ``(_READ, customer_id, now)`` (answer: stored features and, when read with them,
+        ``(promos_7d, apology_budget_left)``), ``(_TAKE,)`` once an apology credit is chosen
+        (answer: whether the budget granted it) and ``(_ADD_PROMO, customer_id, now)`` once a
+        promo is chosen; returns the response. A failed operation is thrown in: a failed read
+        degrades the decision, a refused or failed credit re-decides without it, and a promo
+        that cannot be recorded is not given (answer ``none``, degraded: the frequency cap
+        could not see it).
+        """
+        started = time.perf_counter()
+        now = self._clock()
+        try:
+            stored, server_side = yield (_READ, request.customer_id, now)
+        except Exception as error:
+            return self._degraded(request, now, f"feature store unavailable: {_brief(error)}",
+                                  started)  # fmt: skip
+        row = {**stored, **derive_row(stored, now)}
         found = stored.get("marketing_opt_in") is not None
-        if scored is None:
-            if self.model is None:
-                return self._degraded(request, now, "no model loaded", started, row, found)
-            try:
-                scored = self._score_one(self._vector(row))
-            except Exception as error:
-                return self._degraded(request, now, f"model failed: {_brief(error)}", started,
-                                      row, found)  # fmt: skip
-        value_row, uplift_row = scored
+        if self.model is None:
+            return self._degraded(request, now, "no model loaded", started, row, found)
+        try:
+            value_row, uplift_row = self._score_one(self._vector(row))
+        except Exception as error:
+            return self._degraded(request, now, f"model failed: {_brief(error)}", started,
+                                  row, found)  # fmt: skip
         values = dict(zip(ACTIONS, value_row.tolist(), strict=True))
         uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
 
@@ -335,18 +423,29 @@ class Decider:
         if server_side is None:
             row["promos_7d"] = self.history.count(request.customer_id, now, 7.0)
             row["apology_budget_left"] = self.budget.remaining()
-        else:  # read with the features (``read_context``)
+        else:  # read with the features (``read_context``, ``DecisionIO.read``)
             row["promos_7d"], row["apology_budget_left"] = server_side
         blocked = guardrails.evaluate(self.rules, row)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
-        if decision.action == "apology_credit" and not self.budget.take():
-            # A concurrent request took the last credit of the pace: decide again without it.
-            row["apology_budget_left"] = 0
-            blocked = guardrails.evaluate(self.rules, row)
-            decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
-                                 self._rng)  # fmt: skip
+        if decision.action == "apology_credit":
+            try:
+                granted = yield (_TAKE,)
+            except Exception as error:  # fail closed: no credit rather than too many
+                self._warn("budget", f"apology budget unavailable: {_brief(error)}")
+                granted = False
+            if not granted:
+                # A concurrent request took the last credit of the pace: decide again without.
+                row["apology_budget_left"] = 0
+                blocked = guardrails.evaluate(self.rules, row)
+                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
+                                     self._rng)  # fmt: skip
         if decision.action == "promo":
-            self.history.add(request.customer_id, now)
+            try:
+                yield (_ADD_PROMO, request.customer_id, now)
+            except Exception as error:
+                return self._degraded(request, now,
+                                      f"promo history unavailable: {_brief(error)}",
+                                      started, row, found)  # fmt: skip
 
         reasons: list[str] = []
         if request.explain:

@@ -136,6 +136,14 @@ class RedisBudgetCounter:
         """Grant one credit on ``day`` if fewer than ``limit`` were granted that day."""
         return bool(self._take(keys=[self.key(day)], args=[limit, REDIS_TTL_SECONDS]))
 
+    def take_command(self, day: date, limit: int, cached: bool = True) -> tuple[str | int, ...]:
+        """``take`` as one command for a caller's own connection: ``EVALSHA`` of the script,
+        or ``EVAL`` with its text when ``cached`` is False (after a ``NOSCRIPT`` reply: Redis
+        restarted or flushed its scripts). Reply: 1 if the credit was granted, else 0."""
+        if cached:
+            return ("EVALSHA", self._take.sha, 1, self.key(day), limit, REDIS_TTL_SECONDS)
+        return ("EVAL", _TAKE_SCRIPT, 1, self.key(day), limit, REDIS_TTL_SECONDS)
+
     def close(self) -> None:
         """Release the connection pool."""
         self._redis.close()

@@ -260,16 +260,25 @@ class RedisPromoHistory:
             replies = [error] * len(customer_ids)
         return [self.counted(reply) for reply in replies]
 
-    def add_many(self, customer_ids: list[str], at: datetime) -> None:
-        """Record a promo for each of ``customer_ids`` at ``at`` (one pipelined round trip)."""
+    def add_commands(self, customer_id: str, at: datetime) -> list[tuple[str | int, ...]]:
+        """The commands that record one promo: ``ZADD``, the trim of entries older than
+        ``keep_days``, ``EXPIRE`` (``add_many`` pipelines them; ``serving.redisreads`` sends
+        them with other decisions' commands)."""
         stamp = self._us(at)
         cutoff = self._us(at - timedelta(days=self.keep_days))
+        key = self.prefix + customer_id
+        return [
+            ("ZADD", key, stamp, f"{stamp}-{uuid.uuid4().hex[:8]}"),
+            ("ZREMRANGEBYSCORE", key, "-inf", f"({cutoff}"),
+            ("EXPIRE", key, int(self.keep_days * 86_400)),
+        ]
+
+    def add_many(self, customer_ids: list[str], at: datetime) -> None:
+        """Record a promo for each of ``customer_ids`` at ``at`` (one pipelined round trip)."""
         pipe = self._redis.pipeline(transaction=False)
         for customer_id in customer_ids:
-            key = self.prefix + customer_id
-            pipe.zadd(key, {f"{stamp}-{uuid.uuid4().hex[:8]}": stamp})
-            pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
-            pipe.expire(key, int(self.keep_days * 86_400))
+            for command in self.add_commands(customer_id, at):
+                pipe.execute_command(*command)
         pipe.execute()
 
     def close(self) -> None:

@@ -462,8 +462,16 @@ class DailyBudget:
         try:
             return self.counter.take(now.date(), self.allowance(now))
         except Exception as error:  # fail closed: no credit rather than too many
-            self._unreadable(error)
+            return self.granted(error)
+
+    def granted(self, reply: object) -> bool:
+        """``take()``'s answer from the counter's reply, read by the caller (1/0, True/False),
+        or the error that prevented it: False then (fail closed), with a rate-limited warning.
+        ``serving.redisreads`` sends the counter's command itself, then calls this."""
+        if isinstance(reply, Exception):
+            self._unreadable(reply)
             return False
+        return bool(int(reply))  # type: ignore[call-overload]
 
     @property
     def spent(self) -> int:

@@ -14,6 +14,10 @@ the three commands in one pipeline and answers exactly what the three separate c
 * the credits left as ``DailyBudget.remaining`` (0 with a rate-limited warning when the count
   cannot be read).
 
+``PipelinedDecisionIO`` is the same for the service's event loop (``Decider.decide_async``):
+the reads, and a chosen promo's record or credit, are awaited on a ``serving.resp.RedisPipe``,
+which writes the commands of every request that reached them in one loop iteration at once.
+
 The pipeline is not a transaction, like the separate calls: each value is what its own call
 would have read a few microseconds apart. A connection failure raises, as the features read
 does (the decision is then degraded). It only applies when the three live on one Redis server;
@@ -22,12 +26,13 @@ does (the decision is then degraded). It only applies when the three live on one
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol, TypeAlias
 
 from serving.budget import RedisBudgetCounter
 from serving.history import RedisPromoHistory
 from serving.policy import DailyBudget
+from serving.resp import RedisPipe, pack, pack_tail
 
 #: (stored features, promos in the window or None when unreadable, apology credits left).
 DecisionReads: TypeAlias = tuple[dict[str, object], int | None, int]
@@ -91,6 +96,12 @@ class RedisDecisionReads:
         # Errors of single commands come back as values (a wrong key type, say): each is then
         # handled as its own call would handle it. A lost connection still raises here.
         features, promos, spent = pipe.execute(raise_on_error=False)
+        return self.answer(today, features, promos, spent)
+
+    def answer(self, today: datetime, features: Any, promos: Any, spent: Any) -> DecisionReads:
+        """``__call__``'s answer from the three replies (an error reply as an exception value);
+        ``today`` is the budget's clock when the count was asked for. Raises the features'
+        error."""
         if isinstance(features, Exception):
             raise features
         return (
@@ -98,6 +109,90 @@ class RedisDecisionReads:
             self._history.counted(promos),
             self._budget.left(today, spent if isinstance(spent, Exception) else int(spent or 0)),
         )
+
+
+class PipelinedDecisionIO:
+    """``serving.decider.DecisionIO`` on Redis: concurrent decisions share round trips.
+
+    ``Decider.decide_async`` awaits these calls on the service worker's event loop, so a
+    worker keeps deciding other requests while Redis answers, and every decision that reaches
+    a Redis step in the same loop iteration goes out in the same write (``serving.resp``). The
+    commands and the handling of their replies are ``RedisDecisionReads``'s (reads),
+    ``RedisPromoHistory.add_commands`` (a promo given) and ``RedisBudgetCounter.take_command``
+    (a credit), so the answers are those of the blocking calls.
+
+    Args:
+        reads: the one-round-trip reads (its features reader, history and budget).
+        pipe: the connection to their Redis server (``RedisPipe.like`` its client).
+    """
+
+    def __init__(self, reads: RedisDecisionReads, pipe: RedisPipe) -> None:
+        self._reads = reads
+        self._rows = reads._rows
+        self._history = reads._history
+        self._budget = reads._budget
+        self._counter = reads._counter
+        self.pipe = pipe
+        fields = self._rows.fields
+        # HMGET's header and field list never change: packed once.
+        self._hmget_head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        self._hmget_fields = pack_tail(*fields)
+        self._count_day: date | None = None
+        self._count_packed = b""
+
+    async def read(
+        self, customer_id: str, now: datetime
+    ) -> tuple[dict[str, object], tuple[int | None, int]]:
+        """Stored features and ``(promos in the window, credits left)``; raises when Redis
+        cannot be reached or the features reply is an error (the decision is degraded)."""
+        today = self._budget.now()
+        key = self._rows.key(customer_id)
+        packed = b"".join(
+            (
+                self._hmget_head,
+                b"$%d\r\n%s\r\n" % (len(key), key),
+                self._hmget_fields,
+                pack("ZCOUNT", *self._history.window(customer_id, now, self._reads.days)),
+                self._count_command(today),
+            )
+        )
+        features, promos, spent = await self.pipe.submit(packed, 3)
+        stored, count, left = self._reads.answer(today, features, promos, spent)
+        return stored, (count, left)
+
+    def _count_command(self, today: datetime) -> bytes:
+        """``GET`` of ``today``'s budget count, packed once a day."""
+        day = today.date()
+        if self._count_day != day:
+            self._count_day = day
+            self._count_packed = pack("GET", self._counter.key(day))
+        return self._count_packed
+
+    async def take_credit(self) -> bool:
+        """One apology credit if the pace allows it (False, logged, when Redis fails)."""
+        now = self._budget.now()
+        day, limit = now.date(), self._budget.allowance(now)
+        reply: object
+        try:
+            [reply] = await self.pipe.submit(pack(*self._counter.take_command(day, limit)), 1)
+            if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
+                command = self._counter.take_command(day, limit, cached=False)
+                [reply] = await self.pipe.submit(pack(*command), 1)
+        except Exception as error:  # fail closed: no credit rather than too many
+            reply = error
+        return self._budget.granted(reply)
+
+    async def add_promo(self, customer_id: str, at: datetime) -> None:
+        """Record a promo given at ``at``; raises when it was not recorded."""
+        commands = self._history.add_commands(customer_id, at)
+        replies = await self.pipe.submit(b"".join(pack(*c) for c in commands), len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.pipe.close()
 
 
 def _server(client: Any) -> tuple[object, ...] | None:
@@ -128,3 +223,9 @@ def one_round_trip(rows: object, history: object, budget: DailyBudget) -> RedisD
     if len(servers) != 1 or None in servers:
         return None
     return RedisDecisionReads(rows, history, budget)  # type: ignore[arg-type]
+
+
+def pipelined(reads: RedisDecisionReads) -> PipelinedDecisionIO:
+    """``PipelinedDecisionIO`` over a new connection to the server of ``reads`` (it connects
+    on first use, on the event loop that uses it)."""
+    return PipelinedDecisionIO(reads, RedisPipe.like(reads._rows.client))

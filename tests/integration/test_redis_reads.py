@@ -6,6 +6,7 @@ and budget keys under a prefix of their own; everything is deleted at the end.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,13 @@ from features.store import FeastAdapter
 from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
 from serving.history import RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.policy import DailyBudget
-from serving.redisreads import RedisDecisionReads, one_round_trip
+from serving.redisreads import (
+    PipelinedDecisionIO,
+    RedisDecisionReads,
+    one_round_trip,
+    pipelined,
+)
+from serving.resp import RedisConnectionError, RedisPipe
 from tests.conftest import redis_feature_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
@@ -176,3 +183,77 @@ def test_only_when_all_three_are_on_one_redis(
     other_db = RedisPromoHistory(redis_client(f"{redis_url},db=1"), prefix=prefix)
     assert one_round_trip(rows, other_db, budget) is None  # another database of the server
     assert one_round_trip(object(), history, budget) is None  # not a Redis rows reader
+
+
+def test_pipelined_io_answers_what_the_blocking_calls_answer(
+    adapter: FeastAdapter, redis_url: str, prefix: str
+) -> None:
+    history, budget = stores(redis_url, prefix)
+    history.add("q1", NOW - timedelta(days=1))
+    reads = one_round_trip(rows_of(adapter), history, budget)
+    assert reads is not None
+    io = pipelined(reads)
+
+    async def concurrently() -> list[Any]:
+        # Every customer at once: one write carries all the reads.
+        before = io.pipe.writes
+        out = list(await asyncio.gather(*[io.read(c, NOW) for c in [*CUSTOMERS, "nobody"]]))
+        return [out, io.pipe.writes - before]
+
+    (answers, writes) = asyncio.run(concurrently())
+    for customer, (stored, server_side) in zip([*CUSTOMERS, "nobody"], answers, strict=True):
+        assert (stored, *server_side) == reads(customer, NOW)
+    assert writes == 1
+
+    async def promo_and_credits() -> list[bool]:
+        await io.add_promo("q2", NOW - timedelta(hours=1))
+        return list(await asyncio.gather(*[io.take_credit() for _ in range(3)]))
+
+    assert asyncio.run(promo_and_credits()) == [True, True, True]
+    assert history.count("q2", NOW) == 1
+    assert budget.counter.spent(NOW.date()) == 3
+    io.close()
+
+
+def test_pipelined_credits_stop_at_the_pace_and_survive_a_script_flush(
+    adapter: FeastAdapter, redis_url: str, prefix: str
+) -> None:
+    history, _ = stores(redis_url, prefix)
+    counter = RedisBudgetCounter(redis_client(redis_url), prefix=prefix + "apology:")
+    budget = DailyBudget(24, lambda: NOW, burst=0, counter=counter)  # 12 allowed by noon
+    reads = one_round_trip(rows_of(adapter), history, budget)
+    assert reads is not None
+    io = pipelined(reads)
+    redis_client(redis_url).script_flush()  # Redis restarted: EVALSHA answers NOSCRIPT
+
+    async def take(n: int) -> list[bool]:
+        return list(await asyncio.gather(*[io.take_credit() for _ in range(n)]))
+
+    granted = asyncio.run(take(20))
+    assert granted.count(True) == 12 and counter.spent(NOW.date()) == 12
+    io.close()
+
+
+def test_pipelined_io_fails_when_redis_is_unreachable(
+    adapter: FeastAdapter, redis_url: str, prefix: str
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    history, budget = stores(redis_url, prefix)
+    reads = one_round_trip(rows_of(adapter), history, budget)
+    assert reads is not None
+    io = PipelinedDecisionIO(reads, RedisPipe("127.0.0.1", port, timeout=0.2))
+
+    async def attempt() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                io.read("q1", NOW), io.add_promo("q1", NOW), io.take_credit(),
+                return_exceptions=True,
+            )
+        )  # fmt: skip
+
+    read, added, credit = asyncio.run(attempt())
+    assert isinstance(read, RedisConnectionError)  # the decision is degraded
+    assert isinstance(added, RedisConnectionError)  # the promo is withheld
+    assert credit is False  # no credit (fail closed)

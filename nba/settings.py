@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         description="Serve /decide, /decide_batch and /events from the lean ASGI path "
         "(false: through BentoML's IO descriptors; same answers, slower).",
     )
+    redis_pipelining: bool = Field(
+        default=True,
+        description="When the features, promo history and apology budget are all on one "
+        "Redis, /decide awaits its Redis calls on the worker's event loop and concurrent "
+        "requests share round trips (false: one blocking round trip per request).",
+    )
     train_engine: Literal["local", "dask"] = Field(
         default="local",
         description="Where `nba train` fits the uplift models: in process, or with lightgbm.dask "

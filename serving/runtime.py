@@ -37,7 +37,7 @@ from serving.guardrails import load_rules
 from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
 from serving.logwriter import LogWriter
 from serving.policy import BudgetCounter, DailyBudget
-from serving.redisreads import one_round_trip
+from serving.redisreads import PipelinedDecisionIO, one_round_trip, pipelined
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class Runtime:
     decision_writer: LogWriter
     event_writer: LogWriter
     problems: list[str] = field(default_factory=list)
+    #: ``/decide``'s awaited store calls (``Decider.decide_async``), or None: blocking calls.
+    decision_io: PipelinedDecisionIO | None = None
     _probe: tuple[float, bool, str] = (0.0, False, "not checked")
     _push_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,6 +204,8 @@ class Runtime:
         one_trip = None
         if reader is not None:
             one_trip = one_round_trip(reader.store_rows, history, budget)
+        # On the event loop, concurrent /decide requests share Redis round trips.
+        decision_io = pipelined(one_trip) if one_trip and settings.redis_pipelining else None
         decider = Decider(
             model=model,
             read=read,
@@ -217,7 +221,7 @@ class Runtime:
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
         )
-        return cls(decider, adapter, reader, decision_writer, event_writer, problems)
+        return cls(decider, adapter, reader, decision_writer, event_writer, problems, decision_io)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): a model is loaded and the feature store answers a read."""
@@ -278,6 +282,8 @@ class Runtime:
         """Flush and close the logs (shutdown hook: SIGTERM loses nothing)."""
         self.decision_writer.close()
         self.event_writer.close()
+        if self.decision_io is not None:
+            self.decision_io.close()
         history = self.decider.history
         if hasattr(history, "close"):
             history.close()

@@ -158,6 +158,10 @@ class Gate:
         try:
             if path == "/decide":
                 request = _to_request(parse(DecideRequest, body))
+                if runtime.decision_io is not None:
+                    # Redis: awaited, so the worker decides other requests meanwhile.
+                    decision = await runtime.decider.decide_async(request, runtime.decision_io)
+                    return _json(200, decision)
                 return _json(200, runtime.decider.decide(request))
             if path == "/decide_batch":
                 if len(body) > THREAD_BATCH_BYTES:

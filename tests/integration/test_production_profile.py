@@ -279,6 +279,28 @@ def test_promos_are_capped_through_redis(loop: dict[str, Any], redis_url: str) -
         assert "promo_frequency_cap" in promo_of(again)["blocked_by"]
 
 
+def test_single_decisions_record_their_promos_before_answering(
+    loop: dict[str, Any], redis_url: str
+) -> None:
+    # /decide awaits its Redis calls on the worker's event loop (serving.redisreads): the
+    # promo must be in the shared history by the time the answer arrives, concurrent or not.
+    import redis
+
+    client: Client = loop["client"]
+    customers = quiet_customers(loop)[301:-1][:40]
+    keys = redis.Redis.from_url(f"redis://{redis_url}")
+    prefix = f"nba:it-{loop['run_id']}:promos:"
+    given = []
+    for customer in customers:
+        status, decision = client.call("/decide", {"customer_id": customer})
+        assert status == 200 and not decision["degraded"], decision
+        if decision["action"] == "promo":
+            assert keys.zcard(prefix + customer) == 1
+            given.append(customer)
+    assert given, "free promos should be chosen for some quiet customers"
+    keys.close()
+
+
 def test_an_event_is_seen_by_the_next_decision(loop: dict[str, Any]) -> None:
     client: Client = loop["client"]
     customer = quiet_customers(loop)[-1]

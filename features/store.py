@@ -14,7 +14,7 @@ import string
 import struct
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -441,6 +441,34 @@ def _epoch(stamp: object) -> float:
     return _utc(datetime.fromisoformat(str(stamp))).timestamp()
 
 
+#: Converted stored values by their serialized ``Value`` bytes (``_SqliteRows._convert``); the
+#: values are immutable (numbers, strings, timestamps), so every reader of the process shares
+#: them. Bounded: at ``_CONVERTED_MAX`` entries (a few MB) it starts again from empty.
+_CONVERTED: dict[bytes, object] = {}
+_CONVERTED_MAX = 50_000
+
+
+def _key_prefix(slow_key: Callable[[str], bytes], suffix: bytes = b"") -> bytes | None:
+    """The bytes Feast's ``slow_key`` puts before a customer id's length and UTF-8 bytes.
+
+    A single string entity serializes (version 3) as a fixed header naming the join key, then
+    the value's length (4 bytes, little-endian) and bytes, then ``suffix`` (Redis keys end with
+    the project's name). Building a key from the header takes 0.3 µs instead of 9 µs through
+    protobuf, which matters for 10,000 keys and on every request. Checked against Feast here on
+    two probes; any other layout (a future version) returns None and keeps the slow path.
+    """
+    probes = ("C1", "ÿ-customer-0042")
+    first = slow_key(probes[0])
+    tail = struct.pack("<I", len(probes[0].encode())) + probes[0].encode() + suffix
+    if not first.endswith(tail):
+        return None
+    prefix = first[: -len(tail)]
+    encoded = probes[1].encode()
+    if slow_key(probes[1]) != prefix + struct.pack("<I", len(encoded)) + encoded + suffix:
+        return None
+    return prefix
+
+
 class _SqliteRows:
     """The SQLite online store's rows read with one prepared query per view.
 
@@ -495,23 +523,9 @@ class _SqliteRows:
         return self._serialize(key, entity_key_serialization_version=self._version)
 
     def _key_prefix(self) -> bytes | None:
-        """The bytes Feast puts before a customer id's length and UTF-8 bytes, or None.
-
-        A single string entity serializes (version 3) as a fixed header naming the join key,
-        then the value's length and bytes. Building that from the header takes 0.3 µs instead
-        of 9 µs through protobuf, which matters for 10,000 keys. Checked against Feast here on
-        two probes; any other layout (a future version) keeps the slow path.
-        """
-        probes = ("C1", "ÿ-customer-0042")
-        first = self._slow_key(probes[0])
-        tail = struct.pack("<I", len(probes[0].encode())) + probes[0].encode()
-        if not first.endswith(tail):
-            return None
-        prefix = first[: -len(tail)]
-        encoded = probes[1].encode()
-        if self._slow_key(probes[1]) != prefix + struct.pack("<I", len(encoded)) + encoded:
-            return None
-        return prefix
+        """The bytes Feast puts before a customer id's length and UTF-8 bytes (``_key_prefix``
+        of the module), or None."""
+        return _key_prefix(self._slow_key)
 
     def _key(self, customer_id: str) -> bytes:
         if self._prefix is None:
@@ -654,16 +668,30 @@ class _SqliteRows:
         return self._convert(blob)
 
     def _convert(self, blob: bytes) -> object:
+        # Most stored values repeat across customers (counts, flags, dates, categories: 81 % of
+        # 155,000 values of 5,000 customers here): their conversion is remembered by the
+        # serialized bytes, and one request's 33 values cost ≈ 25 µs instead of ≈ 80.
+        try:
+            return _CONVERTED[blob]
+        except KeyError:
+            pass
         value = self._value.FromString(blob)
         kind = value.WhichOneof("val")
         if kind is None:
-            return None
-        if kind == "unix_timestamp_val":
+            out: object = None
+        elif kind == "unix_timestamp_val":
             seconds = value.unix_timestamp_val
-            return None if seconds == self._null_ts else pd.Timestamp(seconds, unit="s", tz=UTC)
-        if kind in ("int64_val", "int32_val", "double_val", "float_val", "bool_val", "string_val"):
-            return getattr(value, kind)
-        return self._generic(value)
+            out = None if seconds == self._null_ts else pd.Timestamp(seconds, unit="s", tz=UTC)
+        elif kind in ("int64_val", "int32_val", "bool_val", "string_val"):
+            out = getattr(value, kind)
+        elif kind in ("double_val", "float_val"):
+            return getattr(value, kind)  # amounts are mostly unique: not remembered
+        else:
+            return self._generic(value)
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()  # bounded: frequent values come back at once
+        _CONVERTED[blob] = out
+        return out
 
     def read_many(
         self, customer_ids: list[str], now: datetime | None = None
@@ -750,6 +778,8 @@ class _RedisRows:
 
         if hasattr(self._client, "set_retry"):
             self._client.set_retry(Retry(NoBackoff(), 1))
+        self._suffix = self._config.project.encode()
+        self._prefix = _key_prefix(lambda c: self._slow_keys([c])[0], self._suffix)
 
     @property
     def client(self) -> Any:
@@ -766,6 +796,17 @@ class _RedisRows:
         return self._keys([customer_id])[0]
 
     def _keys(self, customer_ids: list[str]) -> list[bytes]:
+        prefix, suffix = self._prefix, self._suffix
+        if prefix is None:
+            return self._slow_keys(customer_ids)
+        out = []
+        for customer_id in customer_ids:
+            encoded = customer_id.encode()
+            out.append(prefix + struct.pack("<I", len(encoded)) + encoded + suffix)
+        return out
+
+    def _slow_keys(self, customer_ids: list[str]) -> list[bytes]:
+        """Feast's own keys (serialized entity key + project), through protobuf."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 

@@ -86,3 +86,38 @@ def test_malformed_blobs_go_to_the_fallback() -> None:
     assert seen == [b"\x20\x80"] and values.tolist() == [7, 5] and present.all()
     values, present = decode_column([b"\x29\x00\x00"], "float", fallback)
     assert values.tolist() == [7.0] and present.all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(*_VALUES.values()), min_size=1, max_size=20))
+def test_remembered_conversions_equal_fresh_ones(values: list[Any]) -> None:
+    from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
+
+    from features import store
+
+    rows = store._SqliteRows.__new__(store._SqliteRows)
+    rows._value, rows._null_ts = Value, NULL_TIMESTAMP_INT_VALUE
+    rows._generic = feast_value_type_to_python_type
+    blobs = [v.SerializeToString() for v in values]
+    store._CONVERTED.clear()
+    for _ in range(2):  # the second pass is answered from memory (floats are not kept)
+        for blob in blobs:
+            got, want = rows._convert(blob), _slow(blob)
+            assert type(got) is type(want)
+            assert got == want or (got != got and want != want)  # NaN is NaN
+
+
+def test_remembered_conversions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast.type_map import NULL_TIMESTAMP_INT_VALUE
+
+    from features import store
+
+    monkeypatch.setattr(store, "_CONVERTED_MAX", 10)
+    monkeypatch.setattr(store, "_CONVERTED", {})
+    rows = store._SqliteRows.__new__(store._SqliteRows)
+    rows._value, rows._null_ts = Value, NULL_TIMESTAMP_INT_VALUE
+    for i in range(25):
+        assert rows._convert(Value(int64_val=i).SerializeToString()) == i
+        assert len(store._CONVERTED) <= 10
+    assert rows._convert(Value(double_val=0.5).SerializeToString()) == 0.5
+    assert Value(double_val=0.5).SerializeToString() not in store._CONVERTED

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import random
 import signal
 import socket
@@ -79,8 +80,66 @@ def customer_ids(n: int) -> list[str]:
     return ids[: n - n // 50] + [f"NEW{i}" for i in range(n // 50)]
 
 
-async def _connection(port: int, bodies: list[bytes], latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """The service worker processes of a server started by ``start_server``."""
+    import psutil
+
+    children = psutil.Process(server.pid).children(recursive=True)
+    return [c.pid for c in children if "_bentoml_impl.worker" in " ".join(c.cmdline())]
+
+
+def _owner(local_port: int, workers: list[int]) -> int | None:
+    """The worker holding the server side of the client connection from ``local_port``."""
+    import psutil
+
+    for pid in workers:
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == local_port:
+                return pid
+    return None
+
+
+async def open_connections(port: int, n: int, workers: list[int] | None = None) -> list[Connection]:
+    """``n`` keep-alive connections, spread evenly over ``workers`` when given.
+
+    The workers share one listening socket and a worker accepts every connection pending when
+    it wakes: connections opened at once often all land on one worker (all 32 did in some runs
+    here, halving the throughput), so a run measured the luck of the split more than the
+    server. A load balancer spreads its connections; this client does the same by opening
+    connections one at a time and closing those that land on a worker that has its share.
+    """
+    kept: list[Connection] = []
+    if not workers:
+        for _ in range(n):
+            kept.append(await asyncio.open_connection("127.0.0.1", port))
+        return kept
+    share = -(-n // len(workers))
+    counts = dict.fromkeys(workers, 0)
+    for _ in range(50 * n):
+        if len(kept) == n:
+            break
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))  # fmt: skip
+        await reader.readexactly(length)
+        owner = _owner(writer.get_extra_info("sockname")[1], workers)
+        if owner is not None and counts[owner] < share:
+            counts[owner] += 1
+            kept.append((reader, writer))
+        else:
+            writer.close()
+    if len(kept) < n:
+        raise RuntimeError(f"could not spread {n} connections over the workers: {counts}")
+    return kept
+
+
+async def _connection(connection: Connection, bodies: list[bytes], latencies: list[float]) -> None:
+    reader, writer = connection
     for body in bodies:
         request = (
             b"POST /decide HTTP/1.1\r\nHost: bench\r\nX-API-Key: "
@@ -105,13 +164,17 @@ async def _connection(port: int, bodies: list[bytes], latencies: list[float]) ->
 
 
 async def load(
-    port: int, ids: list[str], requests: int, concurrency: int
+    port: int, ids: list[str], requests: int, concurrency: int, workers: list[int] | None = None
 ) -> tuple[list[float], float]:
+    """``requests`` /decide calls over ``concurrency`` keep-alive connections (spread over
+    ``workers``, see ``open_connections``): latencies, and seconds from first to last."""
     bodies = [json.dumps({"customer_id": ids[i % len(ids)]}).encode() for i in range(requests)]
     share = [bodies[k::concurrency] for k in range(concurrency)]
+    connections = await open_connections(port, concurrency, workers)
     latencies: list[float] = []
     started = time.perf_counter()
-    await asyncio.gather(*(_connection(port, part, latencies) for part in share))
+    pairs = zip(connections, share, strict=True)
+    await asyncio.gather(*(_connection(c, part, latencies) for c, part in pairs))
     return latencies, time.perf_counter() - started
 
 
@@ -212,13 +275,48 @@ STORE_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("sqlite features, sqlite promos", {"NBA_ONLINE_STORE": "sqlite", "NBA_PROMO_STORE": "sqlite"}),
     ("redis features, sqlite promos", {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "sqlite"}),
     ("redis features, redis promos", {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "redis"}),
+    (
+        "redis, blocking calls",
+        {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "redis", "NBA_REDIS_PIPELINING": "false"},
+    ),
 ]
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _local_redis(url: str) -> list[int]:
+    """The redis-server process of ``url`` when it runs on this machine (its CPU is counted)."""
+    import psutil
+
+    port = url.split(",")[0].rpartition(":")[2] or "6379"
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if process.info["name"] == "redis-server" and f":{port}" in command:
+            found.append(process.pid)
+    return found
+
+
 def compare_stores(
-    ids: list[str], requests: int, concurrencies: list[int], workers: int
+    ids: list[str], requests: int, concurrencies: list[int], workers: int, rounds: int = 3
 ) -> list[tuple[str, ...]]:
-    """HTTP /decide at each concurrency for each of ``STORE_VARIANTS`` (one server at a time)."""
+    """HTTP /decide at each concurrency for each of ``STORE_VARIANTS``, interleaved.
+
+    Every variant's server is up at once; each round loads them one after the other at each
+    concurrency, so a noisy spell of the host hits them alike. Per variant and concurrency:
+    the median over the rounds of decisions/s, p50 and p99, the CPU of the workers (and of a
+    local Redis) per decision, and the median of the rounds' throughput ratios to the first
+    variant (SQLite).
+    """
     from nba.settings import load_settings
     from serving.history import redis_client
 
@@ -227,28 +325,58 @@ def compare_stores(
     settings.feast_adapter().materialize(end=datetime.now(UTC))
     print(f"materialized into Redis in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     environment = f"bench-{os.getpid()}"
-    rows: list[tuple[str, ...]] = []
+    redis_pids = _local_redis(settings.redis_url)
+    servers: dict[str, tuple[int, subprocess.Popen[bytes], list[int]]] = {}
+    measured: dict[tuple[str, int], list[tuple[float, float, float, float, float]]] = {}
     try:
         for label, overrides in STORE_VARIANTS:
             port = free_port()
             server = start_server(port, workers, {**overrides, "NBA_ENVIRONMENT": environment})
-            try:
-                asyncio.run(load(port, ids, 500, 4))  # warm-up
-                for c in concurrencies:
-                    latencies, seconds = asyncio.run(load(port, ids, requests, c))
+            servers[label] = (port, server, worker_pids(server))
+            asyncio.run(load(port, ids, 500, 4, servers[label][2]))  # warm-up
+        for round_ in range(rounds):
+            for c in concurrencies:
+                for label, (port, _, pids) in servers.items():
+                    cpu0, redis0 = _cpu_seconds(pids), _cpu_seconds(redis_pids)
+                    latencies, seconds = asyncio.run(load(port, ids, requests, c, pids))
+                    cpu = (_cpu_seconds(pids) - cpu0) / len(latencies) * 1e6
+                    redis_cpu = (_cpu_seconds(redis_pids) - redis0) / len(latencies) * 1e6
                     ms = np.array(latencies) * 1000
-                    p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
                     rate = len(ms) / seconds
-                    rows.append((label, str(c), f"{len(ms):,}", f"{p50:.2f}", f"{p99:.2f}",
-                                 f"{rate:,.0f}"))  # fmt: skip
-            finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
+                    measured.setdefault((label, c), []).append(
+                        (rate, np.percentile(ms, 50), np.percentile(ms, 99), cpu, redis_cpu)
+                    )
+                    where = f"round {round_ + 1}/{rounds} {label}, concurrency {c}"
+                    print(f"{where}: {rate:,.0f}/s, {cpu:.0f} µs CPU per decision",
+                          file=sys.stderr)  # fmt: skip
     finally:
+        for _, server, _ in servers.values():
+            os.killpg(server.pid, signal.SIGTERM)
+        for _, server, _ in servers.values():
+            server.wait(timeout=60)
         client = redis_client(settings.redis_url)
         keys = list(client.scan_iter(match=f"nba:{environment}:*", count=10_000))
         if keys:
             client.delete(*keys)
+    rows: list[tuple[str, ...]] = []
+    first = STORE_VARIANTS[0][0]
+    for (label, c), runs in measured.items():
+        rates = [r[0] for r in runs]
+        base = [r[0] for r in measured[(first, c)]]
+        ratio = float(np.median([x / y for x, y in zip(rates, base, strict=True)]))
+        redis_cpu = np.median([r[4] for r in runs]) if redis_pids else math.nan
+        rows.append(
+            (
+                label,
+                str(c),
+                f"{np.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f})",
+                f"{ratio:.2f}",
+                f"{np.median([r[1] for r in runs]):.2f}",
+                f"{np.median([r[2] for r in runs]):.2f}",
+                f"{np.median([r[3] for r in runs]):.0f}",
+                "" if math.isnan(redis_cpu) else f"{redis_cpu:.0f}",
+            )
+        )
     return rows
 
 
@@ -264,16 +392,28 @@ def main() -> None:
         action="store_true",
         help="also HTTP /decide with the Redis online store and promo history (see docstring)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="--compare-redis: interleaved rounds over the stores"
+    )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="only the --compare-redis table (skip the in-process and default HTTP rows)",
+    )
     args = parser.parse_args()
-
     ids = customer_ids(args.customers)
+    if args.compare_only:
+        print_comparison(ids, args.requests, args.concurrency, args.workers, args.rounds)
+        return
+
     rows = in_process(ids, args.requests, args.batch)
     port = free_port()
     server = start_server(port, args.workers)
     try:
-        asyncio.run(load(port, ids, 500, 4))  # warm-up: imports, caches, connections
+        pids = worker_pids(server)
+        asyncio.run(load(port, ids, 500, 4, pids))  # warm-up: imports, caches, connections
         for c in args.concurrency:
-            latencies, seconds = asyncio.run(load(port, ids, args.requests, c))
+            latencies, seconds = asyncio.run(load(port, ids, args.requests, c, pids))
             ms = np.array(latencies) * 1000
             rows.append(
                 (
@@ -319,16 +459,25 @@ def main() -> None:
         table.add_row(*row)
     Console(width=140).print(table)
     if args.compare_redis:
-        concurrencies = [c for c in args.concurrency if c > 1] or args.concurrency
-        compared = Table(
-            title=f"HTTP /decide by store ({args.workers} worker(s), {os.cpu_count()} cores, "
-            f"{args.requests:,} requests per row, one server at a time)"
-        )
-        for column in ("stores", "concurrency", "requests", "p50 ms", "p99 ms", "decisions/s"):
-            compared.add_column(column, justify="left" if column == "stores" else "right")
-        for row in compare_stores(ids, args.requests, concurrencies, args.workers):
-            compared.add_row(*row)
-        Console(width=140).print(compared)
+        print_comparison(ids, args.requests, args.concurrency, args.workers, args.rounds)
+
+
+def print_comparison(
+    ids: list[str], requests: int, concurrency: list[int], workers: int, rounds: int = 1
+) -> None:
+    """Run ``compare_stores`` at the concurrencies above 1 and print its table."""
+    concurrencies = [c for c in concurrency if c > 1] or concurrency
+    compared = Table(
+        title=f"HTTP /decide by store ({workers} worker(s), {os.cpu_count()} cores, "
+        f"{requests:,} requests per load, medians of {rounds} interleaved rounds)"
+    )
+    columns = ("stores", "concurrency", "decisions/s (range)", "vs SQLite", "p50 ms", "p99 ms",
+               "workers' CPU µs/decision", "Redis CPU µs/decision")  # fmt: skip
+    for column in columns:
+        compared.add_column(column, justify="left" if column == "stores" else "right")
+    for row in compare_stores(ids, requests, concurrencies, workers, rounds):
+        compared.add_row(*row)
+    Console(width=140).print(compared)
 
 
 if __name__ == "__main__":

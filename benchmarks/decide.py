@@ -7,7 +7,7 @@ keep-alive connections (an asyncio client: one coroutine per connection, bounded
 requests) at each concurrency, and prints one table:
 
     python benchmarks/decide.py [--requests 4000] [--concurrency 1 8 32] [--workers 2]
-        [--batch 10000] [--customers 5000] [--compare-redis]
+        [--batch 10000] [--customers 5000] [--compare-redis [--rounds 3] [--compare-only]]
 
 Latency is measured by this client per request (send to last byte), after a warm-up; the
 in-process rows time ``Decider.decide`` and ``decide_batch`` directly, without HTTP, with the
@@ -19,11 +19,19 @@ concurrency 1; at concurrency 8 p99 <= 10 ms with >= 1,000 decisions/s; batch >=
 The client shares the 2 cores with the server: HTTP figures are upper bounds on latency.
 
 ``--compare-redis`` then materializes the same feature table into Redis (``NBA_REDIS_URL``) and
-measures HTTP ``/decide`` at each concurrency three ways, one server after the other with the
+measures HTTP ``/decide`` at each concurrency above 1 for four servers, all up at once with the
 same workers: SQLite online store and promo history (the embedded default), Redis online store
-with the SQLite promo history, and Redis for both (the production profile's request path). The
-apology budget is counted with the promo history. The promo and budget keys it writes to Redis
+with the SQLite promo history, Redis for both (the production profile's request path: awaited,
+``NBA_REDIS_PIPELINING``), and Redis for both with blocking calls. ``--rounds`` (3) interleaves
+the loads so that a noisy spell of the host hits every server alike; the table gives medians
+over the rounds, the median of each round's ratio to SQLite, and the CPU per decision of the
+workers and of a local Redis. ``--compare-only`` skips the other rows. The apology budget is
+counted with the promo history. The promo and budget keys it writes to Redis
 (``nba:bench-<pid>:``) are deleted at the end.
+
+The client spreads its keep-alive connections evenly over the workers (``open_connections``):
+the workers share one listening socket, and connections opened at once often all landed on
+one worker, which made a run measure the luck of the split rather than the server.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ class Decider:
                 elif kind is _TAKE:
                     answer = self.budget.take()
                 else:
-                    answer = self.history.add(op[1], op[2])
+                    self.history.add(op[1], op[2])
+                    answer = None
             except Exception as error:
                 try:
                     op = steps.throw(error)
@@ -257,7 +258,8 @@ class Decider:
                 elif kind is _TAKE:
                     answer = await io.take_credit()
                 else:
-                    answer = await io.add_promo(op[1], op[2])
+                    await io.add_promo(op[1], op[2])
+                    answer = None
             except Exception as error:
                 try:
                     op = steps.throw(error)

@@ -66,9 +66,13 @@ def pack(*args: bytes | str | int | float) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         # str and bytes first without a call: this runs for every command of every request.
-        kind = type(arg)
-        data = arg.encode() if kind is str else arg if kind is bytes else encode(arg)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))  # type: ignore[str-bytes-safe]
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        else:
+            data = encode(arg)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 

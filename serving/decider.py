@@ -99,6 +99,17 @@ _TAKE: Final = "take"
 _ADD_PROMO: Final = "add_promo"
 
 
+def _resume(
+    steps: Steps, answer: Any, error: Exception | None
+) -> tuple[tuple[Any, ...] | None, dict[str, Any]]:
+    """Send ``answer`` (or throw ``error``) into ``steps``: (its next operation, {}), or
+    (None, the response) when the decision is done."""
+    try:
+        return (steps.throw(error) if error is not None else steps.send(answer)), {}
+    except StopIteration as done:
+        return None, done.value
+
+
 class DecisionIO(Protocol):
     """The store calls of one decision, awaited (``Decider.decide_async``).
 
@@ -219,27 +230,22 @@ class Decider:
     def decide(self, request: Request) -> dict[str, Any]:
         """The contract's ``/decide`` response for one request (and its log row queued)."""
         steps = self._steps(request)
-        op = next(steps)
-        while True:
+        op: tuple[Any, ...] | None = next(steps)
+        response: dict[str, Any] = {}
+        while op is not None:
+            answer: Any = None
+            error: Exception | None = None
             try:
-                kind = op[0]
-                if kind is _READ:
-                    answer: Any = self._read_now(op[1], op[2])
-                elif kind is _TAKE:
+                if op[0] is _READ:
+                    answer = self._read_now(op[1], op[2])
+                elif op[0] is _TAKE:
                     answer = self.budget.take()
                 else:
                     self.history.add(op[1], op[2])
-                    answer = None
-            except Exception as error:
-                try:
-                    op = steps.throw(error)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-                continue
-            try:
-                op = steps.send(answer)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            except Exception as failed:
+                error = failed
+            op, response = _resume(steps, answer, error)
+        return response
 
     async def decide_async(self, request: Request, io: DecisionIO) -> dict[str, Any]:
         """``decide`` with its reads and writes awaited through ``io`` (an event loop's path).
@@ -249,27 +255,22 @@ class Decider:
         can share one round trip between concurrent requests (``serving.redisreads``).
         """
         steps = self._steps(request)
-        op = next(steps)
-        while True:
+        op: tuple[Any, ...] | None = next(steps)
+        response: dict[str, Any] = {}
+        while op is not None:
+            answer: Any = None
+            error: Exception | None = None
             try:
-                kind = op[0]
-                if kind is _READ:
-                    answer: Any = await io.read(op[1], op[2])
-                elif kind is _TAKE:
+                if op[0] is _READ:
+                    answer = await io.read(op[1], op[2])
+                elif op[0] is _TAKE:
                     answer = await io.take_credit()
                 else:
                     await io.add_promo(op[1], op[2])
-                    answer = None
-            except Exception as error:
-                try:
-                    op = steps.throw(error)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-                continue
-            try:
-                op = steps.send(answer)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            except Exception as failed:
+                error = failed
+            op, response = _resume(steps, answer, error)
+        return response
 
     def decide_batch(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
         """``decide`` for many requests, as arrays: one online read and one model call.

@@ -8,19 +8,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings
 
-from features.contract import ACTIONS
 from serving.decider import Context, Decider, Request
-from tests.unit.test_decide_batch import (
-    _CUSTOMER,
-    _REQUEST,
-    _comparable,
-    _decider,
-    _stored,
-    _without_ids,
-)
+from tests.unit.test_decide_batch import SCENARIOS, _comparable, _decider, _without_ids, scenario
 from tests.unit.test_decider import make, promo_of, quiet_customer
 
 
@@ -67,29 +58,12 @@ class StoresIO:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    customers=st.lists(_CUSTOMER, min_size=5, max_size=5),
-    requests=st.lists(_REQUEST, min_size=1, max_size=10),
-    promo=st.floats(-0.05, 0.1),
-    apology=st.floats(-0.05, 0.2),
-    recognition=st.floats(-0.05, 0.1),
-    budget=st.integers(0, 3),
-)
+@SCENARIOS
 def test_awaited_decisions_equal_blocking_ones(
     customers: list[dict[str, Any]], requests: list[tuple[int, Any, Any, bool]], promo: float,
     apology: float, recognition: float, budget: int,
 ) -> None:  # fmt: skip
-    rows = {f"C{i}": row for i, spec in enumerate(customers) if (row := _stored(spec))}
-    uplifts = {"promo": promo, "apology_credit": apology, "recognition": recognition}
-    made = [
-        Request(
-            f"C{who}",
-            {"channel": channel} if channel else {},
-            tuple(sorted(candidates)) if candidates else ACTIONS,
-            explain,
-        )
-        for who, channel, candidates, explain in requests
-    ]
+    rows, uplifts, made = scenario(customers, requests, promo, apology, recognition)
     blocking_log: list[Mapping[str, Any]] = []
     awaited_log: list[Mapping[str, Any]] = []
     blocking = _decider(rows, uplifts, budget, blocking_log)

@@ -119,8 +119,9 @@ def _comparable(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+#: A scenario: five customers' stored states, requests over them (repeats included), the
+#: stub model's uplifts and the day's apology budget (``scenario`` turns it into inputs).
+SCENARIOS = given(
     customers=st.lists(_CUSTOMER, min_size=5, max_size=5),
     requests=st.lists(_REQUEST, min_size=1, max_size=12),
     promo=st.floats(-0.05, 0.1),
@@ -128,10 +129,13 @@ def _comparable(record: Mapping[str, Any]) -> dict[str, Any]:
     recognition=st.floats(-0.05, 0.1),
     budget=st.integers(0, 3),
 )
-def test_batch_equals_a_series_of_single_decisions(
+
+
+def scenario(
     customers: list[dict[str, Any]], requests: list[tuple[int, Any, Any, bool]], promo: float,
-    apology: float, recognition: float, budget: int,
-) -> None:  # fmt: skip
+    apology: float, recognition: float,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float], list[Request]]:  # fmt: skip
+    """A ``SCENARIOS`` example as (stored rows by customer, uplifts, requests)."""
     rows = {f"C{i}": row for i, spec in enumerate(customers) if (row := _stored(spec))}
     uplifts = {"promo": promo, "apology_credit": apology, "recognition": recognition}
     made = [
@@ -143,6 +147,16 @@ def test_batch_equals_a_series_of_single_decisions(
         )
         for who, channel, candidates, explain in requests
     ]
+    return rows, uplifts, made
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@SCENARIOS
+def test_batch_equals_a_series_of_single_decisions(
+    customers: list[dict[str, Any]], requests: list[tuple[int, Any, Any, bool]], promo: float,
+    apology: float, recognition: float, budget: int,
+) -> None:  # fmt: skip
+    rows, uplifts, made = scenario(customers, requests, promo, apology, recognition)
     one_log: list[Mapping[str, Any]] = []
     batch_log: list[Mapping[str, Any]] = []
     single = _decider(rows, uplifts, budget, one_log)

@@ -168,7 +168,15 @@ class Gate:
                     # Validation, decisions and JSON of a large batch (tens of ms for 10,000)
                     # run off the event loop: the worker keeps answering /decide meanwhile.
                     return await asyncio.to_thread(_answer_batch, body, runtime)
-                return _answer_batch(body, runtime)
+                requests = [_to_request(r) for r in parse(DecideBatchRequest, body).requests]
+                io = runtime.decision_io
+                if io is not None and len(requests) < runtime.decider.small_batch:
+                    # Redis: a small batch is a series of single decisions anyway (see
+                    # ``Decider.decide_batch``); awaited in order, they never block the loop.
+                    decisions = [await runtime.decider.decide_async(r, io) for r in requests]
+                else:
+                    decisions = runtime.decider.decide_batch(requests)
+                return _json(200, {"decisions": decisions})
             event = parse(Event, body)
             try:
                 ack = await asyncio.to_thread(runtime.handle_event, event.model_dump())

@@ -301,6 +301,25 @@ def test_single_decisions_record_their_promos_before_answering(
     keys.close()
 
 
+def test_a_small_batch_listing_a_customer_twice_gives_one_promo(
+    loop: dict[str, Any], redis_url: str
+) -> None:
+    # Below 32 requests a batch is a series of awaited decisions, in order: the second entry
+    # sees the promo the first one got (the frequency cap, through Redis).
+    client: Client = loop["client"]
+    for customer in quiet_customers(loop)[-40:-1]:
+        status, answer = client.call(
+            "/decide_batch", {"requests": [{"customer_id": customer}, {"customer_id": customer}]}
+        )
+        assert status == 200
+        first, second = answer["decisions"]
+        if first["action"] == "promo":
+            assert second["action"] != "promo"
+            assert "promo_frequency_cap" in promo_of(second)["blocked_by"]
+            return
+    raise AssertionError("no quiet customer got a free promo")
+
+
 def test_an_event_is_seen_by_the_next_decision(loop: dict[str, Any]) -> None:
     client: Client = loop["client"]
     customer = quiet_customers(loop)[-1]

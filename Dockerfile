@@ -9,9 +9,10 @@
 #     -e NBA_REGISTRY_URL=postgresql+psycopg2://nba@pg.internal:5432/nba_registry \
 #     -e NBA_MLFLOW_TRACKING_URI=http://mlflow.internal:5000 nba-service
 # At start-up `nba serve` exports the registry's champion once and every worker serves it; to
-# pin a version instead, mount an exported model and set NBA_MODEL_PATH. The feature repo's
-# declarations are baked in; the registry and the features themselves live in PostgreSQL and
-# Redis. tests/integration/test_dockerfile.py lints this file (hadolint and the project's own
+# pin a version instead, mount an exported model and set NBA_MODEL_PATH. The image's workspace
+# (NBA_HOME, made by `nba init`) holds the feature repo's declarations, the rule files and the
+# local logs; mount your own workspace there to ship edited rules. The registry and the
+# features themselves live in PostgreSQL and Redis. tests/integration/test_dockerfile.py lints this file (hadolint and the project's own
 # rules) and replays its COPY and pip steps in a fresh virtual environment.
 FROM python:3.11.14-slim-bookworm
 
@@ -24,10 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FEAST_USAGE=False \
     MLFLOW_DISABLE_TELEMETRY=true \
     NBA_PROFILE=production \
-    NBA_FEATURE_REPO=/srv/nba/feature_repo \
-    NBA_DECISION_LOG_DIR=/srv/data/logs/decisions \
-    NBA_EVENTS_LOG_DIR=/srv/data/logs/events \
-    NBA_PROMO_HISTORY_PATH=/srv/data/logs/promo_history.db
+    NBA_HOME=/srv/data
 
 # libgomp: LightGBM's OpenMP runtime (not in the slim base). Debian package versions are not
 # pinned (DL3008, .hadolint.yaml): the base tag pins the Debian release, and an exact version
@@ -37,19 +35,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/nba
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY nba ./nba
 COPY features ./features
 COPY training ./training
 COPY serving ./serving
 COPY monitoring ./monitoring
 COPY feature_repo ./feature_repo
-# The production extra: the PostgreSQL driver of the SQL registry and the tracking store. The
-# constraints are the versions the tests ran with (tools/constraints.py), not the day's latest.
-RUN pip install --constraint constraints.txt ".[production]" \
+# The production extra: the PostgreSQL driver of the SQL registry and the tracking store. Every
+# version comes from the project's lock (requirements.lock, tools/lock.py), the same file the
+# tests' environment is installed from: first the installer's own tools, then the project,
+# built without isolation so that no unpinned setuptools is fetched for the build.
+# hadolint ignore=DL3013
+RUN pip install --constraint requirements.lock pip setuptools wheel \
+    && pip install --constraint requirements.lock --no-build-isolation ".[production]" \
+    && nba init /srv/data \
     && useradd --create-home --uid 10001 nba \
-    && mkdir -p /srv/data \
-    && chown -R 10001 /srv/data /srv/nba/feature_repo
+    && chown -R 10001 /srv/data
 
 USER 10001
 EXPOSE 3000

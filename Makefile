@@ -6,12 +6,21 @@ BIN    := $(VENV)/bin
 DATA   ?= data/raw
 CUSTOMERS ?= 20000
 
-.PHONY: demo test lint bench-features bench-decide constraints clean
+.PHONY: demo test lint bench-features bench-decide lock clean
 
-$(BIN)/nba: pyproject.toml
+# The environment is built from the lock (requirements.lock, tools/lock.py), never from the
+# day's newest releases: first the locked installer tools, then the project (editable, built
+# without isolation so that no unpinned setuptools is fetched for the build). A changed lock or
+# pyproject.toml rebuilds it from scratch, so nothing outside the lock lingers.
+LOCK   := requirements.lock
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+$(BIN)/nba: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "installing the locked dependencies into $(VENV) (about 2 minutes on a fresh machine)"
+	$(PIP) install --quiet --constraint $(LOCK) pip setuptools wheel
+	$(PIP) install --quiet --constraint $(LOCK) --no-build-isolation -e '.[dev]'
+	$(BIN)/python tools/lock.py --check-installed
 	touch $@
 
 ## The main job on embedded defaults: simulate a world, build its features (Feast), train,
@@ -39,9 +48,16 @@ bench-features: $(BIN)/nba
 bench-decide: $(BIN)/nba
 	$(BIN)/python benchmarks/decide.py
 
-## The Docker image's pins (constraints.txt, checked by the tests): rerun after a dependency change.
-constraints: $(BIN)/nba
-	$(BIN)/python tools/constraints.py
+## Upgrade the dependencies on purpose: resolve the newest versions pyproject.toml allows,
+## rewrite the lock, rebuild the environment from it and run the tests. Commit the new lock
+## only if they pass.
+lock:
+	$(PYTHON) -m venv --clear .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check packaging
+	.venv-lock/bin/python tools/lock.py
+	rm -rf .venv-lock
+	$(MAKE) test
 
 clean:
-	rm -rf data feature_repo/data/*.parquet feature_repo/data/*.db
+	rm -rf data logs reports models/mlflow.db models/artifacts models/serving \
+		feature_repo/data/*.parquet feature_repo/data/*.db

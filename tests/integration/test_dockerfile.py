@@ -14,8 +14,10 @@ modules are run from that environment. Not replayed: the base image, ``apt-get``
 and a Debian mirror), ``useradd``/``chown`` (root). The dependencies are not downloaded: the
 fresh environment sees the project's installed packages through a ``.pth`` file (as a cached
 base layer would provide them) and ``pip install --no-index`` must find every requirement of
-``.[production]`` satisfied there, at the versions of ``constraints.txt``; what is built and
-installed from the copied context is the project itself, as a wheel, not editable.
+``.[production]`` satisfied there, at the versions of ``requirements.lock`` (the same lock the
+test environment was installed from); what is built and installed from the copied context is the
+project itself, as a wheel, not editable. ``nba init`` (the image's workspace) is replayed with
+the fresh environment's ``nba``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from nba.settings import PROJECT_ROOT
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -191,20 +193,26 @@ def test_serves_the_exposed_port_with_a_health_check(instructions: list[Instruct
     assert f"127.0.0.1:{port}/healthz" in health and "CMD" in health
 
 
-def test_production_profile_and_constrained_install(instructions: list[Instruction]) -> None:
+def test_production_profile_and_locked_install(instructions: list[Instruction]) -> None:
     env = " ".join(i.args for i in instructions if i.keyword == "ENV")
     assert "NBA_PROFILE=production" in env.split()
     pip = [c for r in instructions if r.keyword == "RUN" for c in run_commands(r) if c[:2] ==
            ["pip", "install"]]  # fmt: skip
-    assert len(pip) == 1
-    assert ".[production]" in pip[0] and pip[0][pip[0].index("--constraint") + 1] == (
-        "constraints.txt"
-    )
-    check = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "tools" / "constraints.py"), "--check"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert check.returncode == 0, check.stderr + " (run tools/constraints.py)"
+    assert pip, "no pip install"
+    for command in pip:
+        # Every install takes its versions from the project's one lock.
+        assert command[command.index("--constraint") + 1] == "requirements.lock", command
+    assert pip[0][2:] == ["--constraint", "requirements.lock", "pip", "setuptools", "wheel"]
+    project = [c for c in pip if ".[production]" in c]
+    assert len(project) == 1 and "--no-build-isolation" in project[0]
+    for check in ("--check", "--check-installed"):
+        # The lock satisfies pyproject.toml, and the environment whose packages the replay below
+        # reuses is exactly the lock.
+        result = subprocess.run(
+            [sys.executable, str(PROJECT_ROOT / "tools" / "lock.py"), check],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + " (run make lock)"
 
 
 def test_copies_every_package_from_the_context(instructions: list[Instruction]) -> None:
@@ -220,7 +228,7 @@ def test_copies_every_package_from_the_context(instructions: list[Instruction]) 
     setuptools = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
     assert packages <= copied, f"packages not copied: {packages - copied}"
-    assert {"pyproject.toml", "README.md", "constraints.txt", "feature_repo"} <= copied
+    assert {"pyproject.toml", "README.md", "requirements.lock", "feature_repo"} <= copied
     # What the service needs from the repo folder at run time, and nothing generated.
     for name in ("definitions.py", "feature_store.production.yaml"):
         assert not ignored(f"feature_repo/{name}", patterns)
@@ -290,6 +298,14 @@ def test_build_steps_replay_in_a_fresh_environment(
                 elif command[:2] == ["mkdir", "-p"]:
                     for folder in command[2:]:
                         inside(folder).mkdir(parents=True, exist_ok=True)
+                elif command[:2] == ["nba", "init"]:
+                    result = subprocess.run(
+                        [str(venv / "bin" / "nba"), "init", *(str(inside(a)) if
+                         a.startswith("/srv/") else a for a in command[2:])],
+                        cwd=workdir, env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
+                        capture_output=True, text=True, timeout=300,
+                    )  # fmt: skip
+                    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
                 else:
                     skipped.append(command[0])
     assert set(skipped) <= {"apt-get", "rm", "useradd", "chown"}, skipped
@@ -309,6 +325,7 @@ def test_build_steps_replay_in_a_fresh_environment(
         "from nba.settings import load_settings\n"
         "s = load_settings()\n"
         "print(json.dumps({'service': serving.service.__file__, 'profile': s.profile,\n"
+        "  'home': str(s.home),\n"
         "  'guardrails': s.guardrails.is_file(), 'yaml': str(s.feature_store_yaml),\n"
         "  'yaml_found': s.feature_store_yaml.is_file(), 'workers': s.serve_workers}))\n"
     )
@@ -320,5 +337,6 @@ def test_build_steps_replay_in_a_fresh_environment(
     facts = json.loads(imported.stdout.strip().splitlines()[-1])
     assert Path(facts["service"]).is_relative_to(venv), facts
     assert facts["profile"] == "production" and facts["workers"] >= 2
-    assert facts["guardrails"], "serving/guardrails.yaml missing from the wheel"
+    assert facts["guardrails"], "the workspace made by nba init has no guardrails.yaml"
+    assert Path(facts["home"]).is_relative_to(image), facts
     assert facts["yaml_found"] and Path(facts["yaml"]).is_relative_to(image), facts

@@ -42,12 +42,14 @@ from rich.table import Table
 from features.build import build_features
 from features.decision_log import DECISION_SCHEMA
 from nba.replay import replay, visit_points
-from nba.settings import PROJECT_ROOT
 from nba.simulate import SimulationConfig, simulate
 from serving.guardrails import load_rules
 from training.dataset import assemble, entity_frame
 from training.reference import build_reference
 from training.uplift import MultiActionUplift
+
+#: The repository checkout (benchmarks run from it).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 console = Console()
 END = pd.Timestamp("2026-11-01T00:00:00Z")
@@ -72,7 +74,7 @@ def build_inputs(folder: Path, rows: int, reference_rows: int, seed: int) -> tup
     build_reference(X, model, max_rows=reference_rows).to_parquet(reference, index=False)
 
     points = visit_points(world, END - WEEK, END, intensity=40, seed=seed)
-    rules = load_rules(PROJECT_ROOT / "serving" / "guardrails.yaml")
+    rules = load_rules(REPO_ROOT / "serving" / "guardrails.yaml")
     base = replay(world, points, model, rules, model_version="nba-uplift/1")
     log = folder / "log"
     start_ns = (END - WEEK).value
@@ -145,7 +147,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--reference-rows", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "out")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nba-drift-bench-") as tmp:

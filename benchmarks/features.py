@@ -36,8 +36,10 @@ from benchmarks.online_read import measure_online_read
 from features.build import build_feature_table
 from features.contract import load_raw, write_raw
 from features.store import FeastAdapter
-from nba.settings import PROJECT_ROOT
 from nba.simulate import SimulationConfig, simulate
+
+#: The repository checkout (benchmarks run from it).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 console = Console()
 
@@ -62,7 +64,7 @@ def _redis_up() -> bool:
 def _repo_copy(work: Path, store: str) -> tuple[Path, Path]:
     repo = work / f"repo_{store}"
     shutil.copytree(
-        PROJECT_ROOT / "feature_repo",
+        REPO_ROOT / "feature_repo",
         repo,
         ignore=shutil.ignore_patterns("__pycache__", "*.db", "*.parquet"),
     )

@@ -38,6 +38,69 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+@app.callback()
+def _main(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="The workspace to work on [NBA_HOME; default: the nearest folder holding "
+            "nba.yaml from the current one upwards, else the current folder].",
+        ),
+    ] = None,
+) -> None:
+    """Next-best-action for travel brands: simulate, build features, train, serve, monitor."""
+    if workspace is not None:
+        if not workspace.is_dir():
+            raise CliError(f"--workspace: {workspace} is not a folder (create one: nba init DIR)")
+        # Exported, not only passed down: `nba serve`'s workers and every subprocess see it.
+        os.environ["NBA_HOME"] = str(workspace.resolve())
+
+
+def _settings() -> Settings:
+    """The settings of the command's workspace (nothing is written)."""
+    return load_settings()
+
+
+def _prepare(settings: Settings) -> Settings:
+    """Create the parts of the workspace that it lacks, once the command's input is valid.
+
+    A folder without ``nba.yaml`` (the current one, when no workspace is found above it) gets
+    the workspace layout on first use, so a command never writes next to the installed code.
+    """
+    from nba import workspace
+
+    created = workspace.materialize(settings.workspace)
+    if (settings.workspace / workspace.MARKER) in created:
+        console.print(f"initialized an nba workspace in {settings.workspace} (nba init)")
+        return load_settings()
+    return settings
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="The folder to create the workspace in.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite the template files of an existing one.")
+    ] = False,
+) -> None:
+    """Create a workspace: settings, guardrails and triggers files, Feast repo, folders."""
+    from nba import workspace
+
+    try:
+        written = workspace.init(directory, force=force)
+    except workspace.WorkspaceError as error:
+        raise CliError(str(error)) from None
+    root = directory.resolve()
+    console.print(f"nba workspace ready in {root} ({len(written)} files and folders written)")
+    Console().print(
+        f"next:\n  cd {root}\n  nba simulate --out data/raw\n  nba features --raw data/raw\n"
+        "  nba train --raw data/raw --force\n  NBA_API_KEYS=change-me nba serve"
+    )
+
+
 #: The contract's actions, in display order.
 ACTION_NAMES = ("promo", "apology_credit", "recognition", "none")
 
@@ -179,10 +242,11 @@ def features(
     from features.build import build_feature_table
     from features.contract import load_raw
 
-    settings = load_settings()
+    settings = _settings()
     snapshot = _parse_time(as_of, "--as-of")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
+    settings = _prepare(settings)
     adapter = settings.feast_adapter()
     with Stages("features", total=5) as stage:
         stage(f"validating {raw}")
@@ -232,11 +296,12 @@ def train(
     from training.pipeline import run_training
     from training.tracking import Tracker
 
-    settings = load_settings()
+    settings = _settings()
     if method not in ("s", "t", "dr"):
         raise CliError(f"--method: {method!r} is not one of s, t, dr")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
+    settings = _prepare(settings)
     params = {
         "method": method,
         "n_estimators": n_estimators,
@@ -311,7 +376,7 @@ def models() -> None:
     """Registered versions, their metrics, and which one is champion."""
     from training.tracking import Tracker
 
-    settings = load_settings()
+    settings = _settings()
     tracker = Tracker(
         settings.mlflow_tracking_uri,
         artifact_location=settings.mlflow_artifact_location,
@@ -379,7 +444,7 @@ def score(
     from training.dataset import entity_frame_of
     from training.tracking import Tracker
 
-    settings = load_settings()
+    settings = _settings()
     if out.suffix not in (".csv", ".parquet"):
         raise CliError(f"--out: {out} must end in .csv or .parquet")
     requests = read_requests(_read_table(actions, "--actions"))
@@ -388,6 +453,7 @@ def score(
         past = read_requests(_read_table(history, "--history"))
         if "action" not in past.columns:
             raise CliError("--history: needs an action column (the raw actions table)")
+    settings = _prepare(settings)
     rules = load_rules(settings.guardrails)
     tracker = Tracker(
         settings.mlflow_tracking_uri,
@@ -431,7 +497,7 @@ def serve(
     so all workers serve the same version and none imports MLflow. With NBA_MODEL_PATH set,
     that folder is served as is.
     """
-    settings = load_settings()
+    settings = _prepare(_settings())
     env = dict(os.environ)
     if settings.model_path is None:
         from serving.decider import LoadedModel
@@ -447,20 +513,25 @@ def serve(
         if info is None:
             raise CliError("no champion model in the registry: run `nba train --raw DIR --force`")
         model = tracker.load(info.version)
-        folder = settings.decision_log_dir.parent / "serving-model"
+        # One folder per served model (its version and run): two services of one workspace, or
+        # two test servers, never overwrite each other's model.
+        label = f"{tracker.model_name}-{info.version}-{info.run_id[:12]}"
+        folder = settings.models_dir / "serving" / label
         export_model(model, f"{tracker.model_name}/{info.version}", folder, info.run_id)
-        env["NBA_MODEL_PATH"] = str(folder)
+        settings = settings.model_copy(update={"model_path": folder})
         if settings.compiled_trees:
             # Compile once here: the workers then load the cached code instead of each
             # compiling it (≈ 2.5 s a model).
             from serving.runtime import compile_for_batches
 
-            compiled = compile_for_batches(
-                LoadedModel(model, info.version), settings.model_copy(update={"model_path": folder})
-            )
+            compiled = compile_for_batches(LoadedModel(model, info.version), settings)
             if compiled:
                 console.print(f"compiled {compiled} forests for batch decisions")
         console.print(f"serving {tracker.model_name} version {info.version} (champion)")
+    from serving.config import ENV_VAR, ServiceSettings
+
+    # The workers get the settings resolved here (serving.config), not a fresh read of theirs.
+    env[ENV_VAR] = ServiceSettings.of(settings).model_dump_json()
     if not settings.api_keys:
         console.print("[yellow]warning:[/] NBA_API_KEYS is empty: every keyed endpoint answers 401")
     count = workers or settings.serve_workers
@@ -523,7 +594,7 @@ def drift(
     from monitoring.job import parse_since, reference_from_file, reference_from_model, run_job
     from training.tracking import Tracker
 
-    settings = load_settings()
+    settings = _settings()
     if since is not None and (start is not None or end is not None):
         raise CliError("--since: use either --since or --start/--end, not both")
     if start is None and end is not None:

@@ -1,7 +1,12 @@
-"""The one typed settings object, read from ``NBA_*`` environment variables.
+"""The one typed settings object, read from ``NBA_*`` environment variables and the workspace.
 
-Built at each entry point (the CLI, the service, benchmarks) and passed down as plain values;
-library code never reads the environment itself.
+Built at each entry point (the CLI, benchmarks) and passed down as plain values; library code
+never reads the environment itself. ``nba serve`` hands the service its resolved settings
+(``NBA_SERVICE_SETTINGS``, see ``serving.config``), so the service does not import this module.
+
+Sources, strongest first: keyword arguments, ``NBA_*`` environment variables, the dotenv file
+named by ``NBA_SETTINGS_FILE``, the workspace's ``nba.yaml`` (``nba.workspace``), the defaults.
+Relative paths, wherever they come from, are relative to the workspace (``home``).
 """
 
 from __future__ import annotations
@@ -11,17 +16,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 if TYPE_CHECKING:
     from features.store import FeastAdapter
     from monitoring.drift import DriftConfig
 
+from nba import workspace
 from training.value import ActionCosts
 
-#: The project checkout (the folder holding ``pyproject.toml``); defaults are relative to it so
-#: that the commands work from any working directory.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: Path settings resolved against the workspace when relative.
+PATH_FIELDS = (
+    "feature_repo",
+    "guardrails",
+    "triggers",
+    "decision_log_dir",
+    "events_log_dir",
+    "promo_history_path",
+    "model_path",
+    "drift_report_dir",
+    "evidently_workspace",
+)
+_SQLITE = "sqlite:///"
 
 
 #: What ``NBA_PROFILE=production`` changes, unless the setting is given explicitly: the Redis
@@ -45,13 +68,19 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NBA_", extra="ignore")
 
+    home: Path | None = Field(
+        default=None,
+        description="The workspace (NBA_HOME or `nba --workspace DIR`); unset: the nearest "
+        "folder holding nba.yaml from the current directory upwards, else the current "
+        "directory. Relative paths of every other setting are relative to it.",
+    )
     profile: Literal["embedded", "production"] = Field(
         default="embedded",
         description="embedded: SQLite online store and registry, local MLflow store, promo "
         "history in a SQLite file (nothing to run). production: see PRODUCTION_DEFAULTS.",
     )
     feature_repo: Path = Field(
-        default=PROJECT_ROOT / "feature_repo",
+        default=Path("feature_repo"),
         description="The Feast repository (declarations, feature_store*.yaml, data/).",
     )
     online_store: Literal["sqlite", "redis"] = Field(
@@ -74,11 +103,12 @@ class Settings(BaseSettings):
         description='Units of base currency per unit of another currency, e.g. {"EUR": 1.08}.',
     )
     mlflow_tracking_uri: str = Field(
-        default=f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}",
-        description="MLflow tracking store (a database URI; the old file store is refused).",
+        default="sqlite:///models/mlflow.db",
+        description="MLflow tracking store (a database URI; the old file store is refused). A "
+        "relative sqlite:/// path is relative to the workspace.",
     )
     mlflow_artifact_location: str | None = Field(
-        default=str(PROJECT_ROOT / "mlruns" / "artifacts"),
+        default="models/artifacts",
         description="Where MLflow keeps run artifacts (models, plots) for new experiments; "
         "unset or empty: the tracking server's default (its --artifacts-destination).",
     )
@@ -92,15 +122,19 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="Value of a customer's future marketing, lost on opt-out."
     )
     guardrails: Path = Field(
-        default=PROJECT_ROOT / "serving" / "guardrails.yaml",
+        default=Path("guardrails.yaml"),
         description="The guardrail rules file (thresholds are set here, never by a request).",
     )
+    triggers: Path = Field(
+        default=Path("triggers.yaml"),
+        description="The trigger rules file (serving/triggers.py), validated at start-up.",
+    )
     decision_log_dir: Path = Field(
-        default=PROJECT_ROOT / "logs" / "decisions",
+        default=Path("logs/decisions"),
         description="Where the service appends its decision log (features.decision_log).",
     )
     events_log_dir: Path = Field(
-        default=PROJECT_ROOT / "logs" / "events",
+        default=Path("logs/events"),
         description="Where the service appends the /events it received (offline copy).",
     )
     log_flush_seconds: float = Field(
@@ -136,7 +170,7 @@ class Settings(BaseSettings):
         "(NBA_PROMO_STORE): shared by the workers of a host (sqlite) or by every host (redis).",
     )
     promo_history_path: Path = Field(
-        default=PROJECT_ROOT / "logs" / "promo_history.db",
+        default=Path("logs/promo_history.db"),
         description="SQLite file of recent promos and of the day's apology credits, shared by "
         "the workers of the host (frequency cap, apology budget).",
     )
@@ -196,19 +230,37 @@ class Settings(BaseSettings):
         description="Rows of each side the drift scores are computed on (uniform sample).",
     )  # fmt: skip
     drift_report_dir: Path = Field(
-        default=PROJECT_ROOT / "reports" / "drift",
+        default=Path("reports/drift"),
         description="Where nba drift writes its HTML report and JSON summary.",
     )
     drift_experiment: str = Field(
         default="nba-monitoring", description="MLflow experiment of the nba drift runs."
     )
     evidently_workspace: Path = Field(
-        default=PROJECT_ROOT / "evidently_workspace",
+        default=Path("reports/evidently"),
         description="Local Evidently workspace (`evidently ui --workspace DIR`).",
     )
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The workspace's nba.yaml sits below the environment: the workspace is found first
+        # (an explicit home, NBA_HOME, or the folders above the current one).
+        explicit = None
+        if isinstance(init_settings, InitSettingsSource):
+            explicit = init_settings.init_kwargs.get("home")
+        home = workspace.locate(explicit)
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=home / workspace.MARKER)
+        return (init_settings, env_settings, dotenv_settings, yaml_source, file_secret_settings)
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +274,29 @@ class Settings(BaseSettings):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         defaults = {**PRODUCTION_DEFAULTS, "serve_workers": max(2, cores or os.cpu_count() or 2)}
         return {**defaults, **data}
+
+    @model_validator(mode="after")
+    def _within_workspace(self) -> Settings:
+        # Every relative path is the workspace's, never the current directory's or the
+        # installed package's.
+        home = workspace.locate(self.home)
+        self.home = home
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not Path(value).expanduser().is_absolute():
+                setattr(self, name, home / value)
+            elif value is not None:
+                setattr(self, name, Path(value).expanduser())
+        uri = self.mlflow_tracking_uri
+        if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+            path, _, query = uri[len(_SQLITE) :].partition("?")
+            if path != ":memory:":
+                suffix = f"?{query}" if query else ""
+                self.mlflow_tracking_uri = f"{_SQLITE}{home / path}{suffix}"
+        location = self.mlflow_artifact_location
+        if location and "://" not in location and not location.startswith("file:"):
+            self.mlflow_artifact_location = str((home / Path(location).expanduser()).resolve())
+        return self
 
     @model_validator(mode="after")
     def _production_is_redis(self) -> Settings:
@@ -273,6 +348,17 @@ class Settings(BaseSettings):
         )
 
     @property
+    def workspace(self) -> Path:
+        """The workspace folder (``home``, always set once validated)."""
+        assert self.home is not None
+        return self.home
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the workspace keeps exported models (``nba serve``'s served copy)."""
+        return self.workspace / "models"
+
+    @property
     def feature_data_dir(self) -> Path:
         """Where the offline feature table, the SQLite online store and the registry live."""
         return self.feature_repo / "data"
@@ -294,6 +380,6 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment (and ``NBA_SETTINGS_FILE``), then overrides."""
+    """Build the settings: overrides, the environment, ``NBA_SETTINGS_FILE``, ``nba.yaml``."""
     env_file = os.environ.get("NBA_SETTINGS_FILE")
     return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

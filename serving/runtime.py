@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory,
 from serving.logwriter import LogWriter
 from serving.policy import BudgetCounter, DailyBudget
 from serving.redisreads import PipelinedDecisionIO, one_round_trip, pipelined
+from serving.triggers import load_triggers
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +54,27 @@ def export_model(estimator: Any, version: str, folder: Path, run_id: str | None 
     """Write a loaded estimator and its label to ``folder`` for the service workers.
 
     The workers then start without importing MLflow (≈ 4 s and ≈ 100 MB each) and every worker
-    serves the very same model even if the champion alias moves meanwhile.
+    serves the very same model even if the champion alias moves meanwhile. The folder appears
+    whole or not at all (written beside it, then renamed): a second server exporting the same
+    model at the same moment keeps the first complete copy.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / MODEL_FILE, "wb") as handle:
+    if (folder / META_FILE).is_file():
+        return folder  # this very model was exported before (the name carries its run id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    scratch.mkdir()
+    with open(scratch / MODEL_FILE, "wb") as handle:
         pickle.dump(estimator, handle, protocol=pickle.HIGHEST_PROTOCOL)
     meta = {"version": version, "run_id": run_id, "exported_at": datetime.now(UTC).isoformat()}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    (scratch / META_FILE).write_text(json.dumps(meta, indent=2))
+    try:
+        scratch.rename(folder)
+    except OSError:
+        # Another process won the race (or an old incomplete folder is in the way): keep a
+        # complete one.
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (folder / META_FILE).is_file():
+            raise
     return folder
 
 
@@ -156,6 +172,7 @@ class Runtime:
         """Build the runtime; load failures are recorded in ``problems`` (degraded mode)."""
         problems: list[str] = []
         rules = load_rules(settings.guardrails)  # a broken rule file is a start-up error
+        load_triggers(settings.triggers)  # so is a broken trigger file
         model: LoadedModel | None = None
         try:
             if settings.model_path is not None:

@@ -35,7 +35,6 @@ import bentoml
 import orjson
 from pydantic import AwareDatetime, Field
 
-from nba.settings import load_settings
 from serving.api import (
     Action,
     ApiError,
@@ -50,6 +49,7 @@ from serving.api import (
     EventType,
     parse,
 )
+from serving.config import from_environment
 from serving.decider import Request
 from serving.runtime import Runtime
 
@@ -265,7 +265,8 @@ class NBA:
     """The next-best-action decision service (see the module docstring)."""
 
     def __init__(self) -> None:
-        settings = load_settings()
+        # Resolved once by `nba serve` (serving.config): the same values in every worker.
+        settings = from_environment()
         _Holder.settings = settings
         self.runtime = Runtime.start(settings)
         _Holder.runtime = self.runtime

@@ -15,7 +15,10 @@ import pandas as pd
 import pytest
 
 from features import schema
-from nba.settings import PROJECT_ROOT, load_settings
+from nba.settings import load_settings
+
+#: The repository checkout (its files: Dockerfile, feature_repo/, serving/*.yaml, ...).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 REDIS_ADDRESS = ("127.0.0.1", 6379)
 POSTGRES_ADDRESS = ("127.0.0.1", 5432)
@@ -60,7 +63,7 @@ def postgres_address() -> tuple[str, int]:
 def copy_feature_repo(dest: Path, project: str = "nba") -> Path:
     """Copy ``feature_repo/`` (declarations and yaml, no data) to ``dest`` under ``project``."""
     shutil.copytree(
-        PROJECT_ROOT / "feature_repo",
+        REPO_ROOT / "feature_repo",
         dest,
         ignore=shutil.ignore_patterns("__pycache__", "*.db", "*.parquet"),
     )

@@ -53,6 +53,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from training.reroot import reroot
+
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
@@ -86,6 +88,8 @@ REGISTRATION_TIMEOUT_S: Final = 300
 RETRAIN_HINT: Final = "train and promote one with `nba train --force`"
 
 _log = logging.getLogger(__name__)
+#: Tracking URIs whose embedded store this process has re-rooted already (training.reroot).
+_REROOTED: set[str] = set()
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -440,6 +444,10 @@ class Tracker:
         import mlflow
 
         _ensure_sqlite_folder(self.tracking_uri)
+        if self.tracking_uri not in _REROOTED:
+            # A moved or copied workspace: its store's recorded paths follow it (reroot.py).
+            reroot(self.tracking_uri)
+            _REROOTED.add(self.tracking_uri)
         # The fluent API (start_run, log_model, load_model of models:/ URIs) reads global URIs.
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)

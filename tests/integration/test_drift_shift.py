@@ -26,9 +26,9 @@ from monitoring.drift import EXIT_DRIFT, EXIT_OK, DriftConfig
 from monitoring.evidently_report import EvidentlyDrift
 from monitoring.job import Reference, run_job
 from nba.replay import replay, visit_points
-from nba.settings import PROJECT_ROOT
 from nba.simulate import SimulationConfig, simulate
 from serving.guardrails import load_rules
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
 from training.dataset import assemble, entity_frame
 from training.reference import REFERENCE_ARTIFACT, build_reference
 from training.tracking import Tracker

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from nba.settings import PROJECT_ROOT
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
 from training.tracking import (
     CHAMPION,
     STATUS_FAILED,

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from nba.settings import PRODUCTION_DEFAULTS, PROJECT_ROOT, Settings, load_settings
+from nba.settings import PRODUCTION_DEFAULTS, Settings, load_settings
+from tests.conftest import REPO_ROOT as PROJECT_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +29,7 @@ def test_embedded_is_the_default() -> None:
     assert settings.online_store == "sqlite"
     assert settings.feature_store_yaml == PROJECT_ROOT / "feature_repo" / "feature_store.yaml"
     assert settings.mlflow_tracking_uri.startswith("sqlite:///")
-    assert settings.mlflow_artifact_location == str(PROJECT_ROOT / "mlruns" / "artifacts")
+    assert settings.mlflow_artifact_location == str(PROJECT_ROOT / "models" / "artifacts")
     assert settings.promo_store == "sqlite"
 
 

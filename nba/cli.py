@@ -72,11 +72,11 @@ def _prepare(settings: Settings) -> Settings:
     """
     from nba import workspace
 
-    created = workspace.materialize(settings.workspace)
-    if (settings.workspace / workspace.MARKER) in created:
-        console.print(f"initialized an nba workspace in {settings.workspace} (nba init)")
-        return load_settings()
-    return settings
+    if (settings.workspace / workspace.MARKER).is_file():
+        return settings  # a workspace already: its files are where its nba.yaml says
+    workspace.materialize(settings.workspace)
+    console.print(f"initialized an nba workspace in {settings.workspace} (as nba init does)")
+    return load_settings()
 
 
 @app.command()

@@ -35,6 +35,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.test_dockerfile import build_context
 from tests.integration.test_service_http import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,9 +51,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A fresh environment with the project's wheel installed (non-editable)."""
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
+    # Built from a copy (the Docker build context): a build writes build/ and *.egg-info.
+    context = build_context(root / "context")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--wheel-dir", str(dist), str(REPO_ROOT)],
+         "--wheel-dir", str(dist), str(context)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]

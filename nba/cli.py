@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from nba import output
 from nba.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -36,11 +37,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+#: Stage lines and messages (stderr); results go to ``output.out`` (stdout). See nba.output.
+console = output.err
 
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     workspace: Annotated[
         Path | None,
         typer.Option(
@@ -50,13 +53,27 @@ def _main(
             "nba.yaml from the current one upwards, else the current folder].",
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show the libraries' own output (Feast, MLflow, warnings) instead of sending "
+            "it to the workspace's logs/nba.log.",
+        ),
+    ] = False,
 ) -> None:
     """Next-best-action for travel brands: simulate, build features, train, serve, monitor."""
+    from nba import workspace as workspaces
+
     if workspace is not None:
         if not workspace.is_dir():
             raise CliError(f"--workspace: {workspace} is not a folder (create one: nba init DIR)")
         # Exported, not only passed down: `nba serve`'s workers and every subprocess see it.
         os.environ["NBA_HOME"] = str(workspace.resolve())
+    # Quiet by default: a daily cron job prints its stages and a summary, not Feast's diffs.
+    restore = output.capture(workspaces.locate() / "logs" / "nba.log", verbose=verbose)
+    ctx.call_on_close(restore)
 
 
 def _settings() -> Settings:
@@ -95,7 +112,7 @@ def init(
         raise CliError(str(error)) from None
     root = directory.resolve()
     console.print(f"nba workspace ready in {root} ({len(written)} files and folders written)")
-    Console().print(
+    output.out.print(
         f"next:\n  cd {root}\n  nba simulate --out data/raw\n  nba features --raw data/raw\n"
         "  nba train --raw data/raw --force\n  NBA_API_KEYS=change-me nba serve"
     )
@@ -227,7 +244,7 @@ def simulate(
     table.add_column("rows", justify="right")
     for name, frame in world.tables().items():
         table.add_row(name, f"{len(frame):,}")
-    Console().print(table)
+    output.out.print(table)
 
 
 @app.command()
@@ -339,7 +356,7 @@ def train(
 
 def _print_evaluation(result: Any) -> None:
     ev = result.evaluation
-    out = Console()
+    out = output.out
     uplift = Table(title=f"uplift ranking on randomized held-out decisions ({result.test_rows:,})")
     for col in ("action", "rows", "Qini", "AUUC", "uplift@30%"):
         uplift.add_column(col, justify="right" if col != "action" else "left")
@@ -406,7 +423,7 @@ def models() -> None:
 
 def _wide() -> Console:
     """A console wide enough for our tables whatever the terminal (CI logs have no width)."""
-    return Console(width=max(Console().width, 160))
+    return output.wide()
 
 
 def _fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
@@ -477,7 +494,7 @@ def score(
         result.to_csv(out, index=False)
     mix = result["action"].value_counts(normalize=True)
     shares = ", ".join(f"{a} {mix.get(a, 0.0):.0%}" for a in ACTION_NAMES)
-    Console().print(f"{len(result):,} decisions written to {out}: {shares}")
+    output.out.print(f"{len(result):,} decisions written to {out}: {shares}")
     unknown = int((~result["features_found"]).sum())
     if unknown:
         console.print(f"{unknown:,} rows had no features (unknown customers): decided on defaults")
@@ -747,7 +764,7 @@ def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timesta
         "past 1,000,000 lifetime miles", f"{int((latest.lifetime_miles >= 1e6).sum()):,}"
     )
     summary.add_row("booked in the last 30 days", f"{int((latest.bookings_30d > 0).sum()):,}")
-    Console().print(summary)
+    output.out.print(summary)
     console.print(f"feature repo: {settings.feature_repo} (online store: {settings.online_store})")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -83,8 +84,19 @@ def files_under(folder: Path) -> set[str]:
     }
 
 
+#: Lines that are not the command's own: warnings, library logs and diffs, colour codes.
+NOISE = re.compile(
+    r"warn|INFO|DEBUG|Traceback|\x1b\[|^Created |Materializing|registered model|"
+    r"site-packages|mlflow\.|feast\.|sqlalchemy",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
 def nba(installed: dict[str, Path], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The installed ``nba`` command, run in ``cwd`` with no NBA_* setting in the environment."""
+    """The installed ``nba`` command, run in ``cwd`` with no NBA_* setting in the environment.
+
+    It must succeed and print only its own lines (quiet by default: the libraries' output goes
+    to the workspace's logs/nba.log)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
     env.update({"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ""})
     result = subprocess.run(
@@ -92,6 +104,8 @@ def nba(installed: dict[str, Path], *args: str, cwd: Path) -> subprocess.Complet
         cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, (args, result.stdout[-3000:], result.stderr[-3000:])
+    noise = NOISE.findall(result.stdout + result.stderr)
+    assert not noise, (args, noise, result.stdout[-3000:], result.stderr[-3000:])
     return result
 
 
@@ -122,6 +136,7 @@ def trained(installed: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         ws / "rows.csv", index=False
     )
     nba(installed, "score", "--actions", "rows.csv", "--out", "scored.csv", cwd=ws)
+    assert "Materializing" in (ws / "logs" / "nba.log").read_text()  # Feast's lines: in the log
     scored = pd.read_csv(ws / "scored.csv")
     assert len(scored) == 20 and set(scored.action) <= {"promo", "apology_credit",
                                                          "recognition", "none"}  # fmt: skip

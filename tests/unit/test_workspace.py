@@ -192,3 +192,47 @@ def test_the_lock_satisfies_pyproject_and_catches_a_bad_pin() -> None:
     assert lock.unsatisfied({**pins, "bentoml": "1.3.0"})  # outside >=1.4.39,<1.5
     del pins["lightgbm"]
     assert any("lightgbm" in p for p in lock.unsatisfied(pins))
+
+
+# --------------------------------------------------------------------------------- quiet
+
+
+def test_capture_sends_library_output_to_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+    import warnings
+
+    from nba import output
+
+    log = tmp_path / "logs" / "nba.log"
+    restore = output.capture(log)
+    try:
+        print("\x1b[1mCreated project nba\x1b[0m")  # a library's print, with colour codes
+        warnings.warn("noload is deprecated", DeprecationWarning, stacklevel=1)
+        logging.getLogger("mlflow.store").info("Creating initial MLflow database tables")
+        output.out.print("our summary")
+        output.err.print("✓ our stage")
+    finally:
+        restore()
+    text = log.read_text()
+    assert "Created project nba" in text and "\x1b[" not in text
+    assert "noload is deprecated" in text and "Creating initial MLflow" in text
+    assert "our summary" not in text and "our stage" not in text
+    shown = capsys.readouterr()
+    assert "our summary" in shown.out and "our stage" in shown.err
+    assert "Created project" not in shown.out + shown.err
+    print("after")  # restored
+    assert capsys.readouterr().out == "after\n"
+
+
+def test_verbose_leaves_the_libraries_on_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nba import output
+
+    restore = output.capture(tmp_path / "nba.log", verbose=True)
+    print("library line")
+    restore()
+    assert "library line" in capsys.readouterr().out
+    assert not (tmp_path / "nba.log").exists()

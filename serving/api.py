@@ -101,6 +101,12 @@ class ApiError(Exception):
         self.body = {"error": error, "detail": detail}
 
 
+def _open_object(keys: int) -> dict[str, Any]:
+    """JSON Schema of an object's bounds beyond its fields (the OpenAPI page shows them)."""
+    names = {"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": _PRINTABLE_NONEMPTY}
+    return {"maxProperties": keys, "propertyNames": names}
+
+
 def _at_most(keys: int) -> Any:
     """A model validator refusing an object of more than ``keys`` keys.
 
@@ -117,12 +123,22 @@ def _at_most(keys: int) -> Any:
     return model_validator(mode="after")(check)
 
 
+class ErrorBody(BaseModel):
+    """Every refusal's JSON body (the contract's ``{"error": ..., "detail": ...}``)."""
+
+    error: str = Field(description="What is wrong, in a sentence.")
+    detail: dict[str, Any] | str | None = Field(
+        description='Details; for a malformed request an object whose "field" names the '
+        'offending field ("context.page", "requests.3.customer_id", "body", "Content-Type").'
+    )
+
+
 class Context(BaseModel):
     """Request context. ``channel`` is checked; other fields are kept and logged as given,
     within the limits (``MAX_CONTEXT_KEYS`` keys, scalar values)."""
 
     model_config = ConfigDict(
-        extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_CONTEXT_KEYS}
+        extra="allow", strict=True, json_schema_extra=_open_object(MAX_CONTEXT_KEYS)
     )
     __pydantic_extra__: dict[Key, Scalar] = Field(init=False)
 
@@ -193,7 +209,7 @@ class Event(BaseModel):
     fields are kept in the event log within the limits (``MAX_EVENT_KEYS`` keys, scalars)."""
 
     model_config = ConfigDict(
-        extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_EVENT_KEYS}
+        extra="allow", strict=True, json_schema_extra=_open_object(MAX_EVENT_KEYS)
     )
     __pydantic_extra__: dict[Key, Scalar] = Field(init=False)
 

@@ -101,10 +101,9 @@ class ApiError(Exception):
         self.body = {"error": error, "detail": detail}
 
 
-def _open_object(keys: int) -> dict[str, Any]:
-    """JSON Schema of an object's bounds beyond its fields (the OpenAPI page shows them)."""
-    names = {"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": _PRINTABLE_NONEMPTY}
-    return {"maxProperties": keys, "propertyNames": names}
+#: JSON Schema of the keys of an open object (``Key``), for the OpenAPI page: BentoML's own
+#: schema objects refuse ``propertyNames``, so ``serving.openapi`` adds it to its document.
+KEY_SCHEMA: Final = {"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": _PRINTABLE_NONEMPTY}
 
 
 def _at_most(keys: int) -> Any:
@@ -138,7 +137,7 @@ class Context(BaseModel):
     within the limits (``MAX_CONTEXT_KEYS`` keys, scalar values)."""
 
     model_config = ConfigDict(
-        extra="allow", strict=True, json_schema_extra=_open_object(MAX_CONTEXT_KEYS)
+        extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_CONTEXT_KEYS}
     )
     __pydantic_extra__: dict[Key, Scalar] = Field(init=False)
 
@@ -209,7 +208,7 @@ class Event(BaseModel):
     fields are kept in the event log within the limits (``MAX_EVENT_KEYS`` keys, scalars)."""
 
     model_config = ConfigDict(
-        extra="allow", strict=True, json_schema_extra=_open_object(MAX_EVENT_KEYS)
+        extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_EVENT_KEYS}
     )
     __pydantic_extra__: dict[Key, Scalar] = Field(init=False)
 

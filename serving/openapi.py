@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serving.api import (
+    KEY_SCHEMA,
+    Context,
     DecideBatchRequest,
     DecideBatchResponse,
     DecideRequest,
@@ -62,6 +64,8 @@ def decision_document(spec: dict[str, Any]) -> dict[str, Any]:
     _, schemas = models_json_schema(models, ref_template=_REF)
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(schemas.get("$defs", {}))
+    for model in (Context, Event):  # the open objects: bounded keys
+        components["schemas"][model.__name__]["propertyNames"] = dict(KEY_SCHEMA)
     components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
         "type": "apiKey",
         "in": "header",

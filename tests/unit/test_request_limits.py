@@ -288,6 +288,15 @@ def test_openapi_declares_the_served_errors_and_bounds() -> None:
     assert {"type": "object", "additionalProperties": True} in detail["anyOf"]
     assert schemas["Context"]["properties"]["page"]["anyOf"][0]["maxLength"] == 256
     assert schemas["Context"]["maxProperties"] == api.MAX_CONTEXT_KEYS
+    assert schemas["Event"]["propertyNames"]["maxLength"] == api.MAX_KEY_CHARS
     assert schemas["Event"]["properties"]["delay_minutes"]["anyOf"][0]["maximum"] == 10_080
     assert schemas["DecideRequest"]["additionalProperties"] is False
     assert spec["openapi"] == "3.0.2"  # BentoML's document itself is left alone
+
+
+def test_the_served_document_builds_from_the_service() -> None:
+    # BentoML's own schema objects refuse some JSON Schema keywords (propertyNames): the
+    # document the server answers must still build from the real service.
+    doc = json.loads(service._docs_json())
+    assert doc["openapi"] == "3.1.0" and "415" in doc["paths"]["/events"]["post"]["responses"]
+    assert doc["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"

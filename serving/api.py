@@ -51,8 +51,8 @@ MAX_EVENT_KEYS: Final = 32
 MAX_CANDIDATES: Final = len(ACTIONS)
 #: Largest ``delay_minutes`` (a week: a longer "delay" is a cancellation or a typo).
 MAX_DELAY_MINUTES: Final = 7 * 24 * 60
-#: Largest magnitude of a number in ``context`` or an extra event field (exact in a float64).
-MAX_ABS_NUMBER: Final = 2**53
+#: Largest magnitude of an integer kept as an integer in ``context`` or an extra event field.
+MAX_ABS_INT: Final = 2**53
 #: Event times before this are refused (no customer history is older).
 EARLIEST_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
 #: Event times more than this ahead of the server's clock are refused (clock skew allowance).
@@ -74,18 +74,19 @@ Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS, pattern=_PRIN
 Key = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS, pattern=_PRINTABLE_NONEMPTY)
 ]
-#: A value of an open object: a short string, a bool, a bounded finite number, or null (no
-#: nested objects or lists: their size would be unbounded).
+#: A value of an open object: a short string, a bool, a finite number, or null (no nested
+#: objects or lists: their size would be unbounded). Integers stay integers within 2**53 (exact
+#: in every JSON reader); a larger one is kept as a float, as most JSON readers would read it.
 Scalar = (
     Text
     | bool
-    | Annotated[int, Field(ge=-MAX_ABS_NUMBER, le=MAX_ABS_NUMBER)]
-    | Annotated[float, Field(ge=-MAX_ABS_NUMBER, le=MAX_ABS_NUMBER, allow_inf_nan=False)]
+    | Annotated[int, Field(ge=-MAX_ABS_INT, le=MAX_ABS_INT)]
+    | Annotated[float, Field(allow_inf_nan=False)]
     | None
 )
 SCALAR_MESSAGE: Final = (
     f"must be a string of at most {MAX_TEXT_CHARS} printable characters, a boolean, "
-    f"a finite number of magnitude at most 2**53, or null"
+    f"a finite number, or null"
 )
 
 

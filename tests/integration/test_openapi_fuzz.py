@@ -106,6 +106,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     port, process, logs = servers[fast_path]
     phases, examples, least = RUNS[fast_path]
     reports = logs / "schemathesis"
+    reports.mkdir(parents=True, exist_ok=True)
     try:
         result = subprocess.run(
             [str(SCHEMATHESIS), "run", f"http://127.0.0.1:{port}/docs.json",
@@ -115,7 +116,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
              "--phases", phases, "--max-examples", str(examples), "--seed", "14",
              "--workers", "1", "--request-timeout", "30",
              "--report", "json", "--report-dir", str(reports)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=reports,  # its cache stays there
         )  # fmt: skip
     finally:
         assert stop(process) == 0  # flushes the logs read below

@@ -248,7 +248,9 @@ def _answer_batch(body: bytes, runtime: Runtime) -> tuple[int, bytes]:
 @functools.cache
 def _docs_json() -> bytes:
     """The OpenAPI document: BentoML's, with the decision routes as served (built once)."""
-    return orjson.dumps(decision_document(NBA.openapi_spec.asdict()))
+    # ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.
+    spec = NBA.openapi_spec.asdict()  # type: ignore[attr-defined]
+    return orjson.dumps(decision_document(spec))
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -143,7 +143,7 @@ def test_a_huge_refused_key_is_not_echoed() -> None:
 
 
 def test_values_at_the_limits_are_accepted() -> None:
-    context = {f"k{i}": i for i in range(api.MAX_CONTEXT_KEYS - 2)}
+    context: dict[str, Any] = {f"k{i}": i for i in range(api.MAX_CONTEXT_KEYS - 2)}
     context.update(channel="app", page="p" * api.MAX_TEXT_CHARS)
     request = parse(DecideRequest, json.dumps({
         "customer_id": "c" * api.MAX_ID_CHARS, "context": context, "explain": True,
@@ -227,7 +227,11 @@ def call(gate: Any, path: str, body: bytes, content_type: bytes | None = b"appli
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
-ROUTE = {DecideRequest: "/decide", DecideBatchRequest: "/decide_batch", Event: "/events"}
+ROUTE: dict[type[Any], str] = {
+    DecideRequest: "/decide",
+    DecideBatchRequest: "/decide_batch",
+    Event: "/events",
+}
 
 
 @pytest.mark.parametrize(

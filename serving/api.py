@@ -380,7 +380,7 @@ def parse(model: type[M], body: bytes) -> M:
         errors = []
         for problem in problems[:10]:
             loc, cut = _in_body(problem["loc"], tree, problem["type"] == "missing")
-            message = problem["msg"]
+            message = problem["msg"].removeprefix("Value error, ")  # our validators' own words
             if cut:
                 message = SCALAR_MESSAGE
             elif problem["type"] == "string_pattern_mismatch":

@@ -24,6 +24,7 @@ data. ``/healthz`` and ``/readyz`` are answered by ``Gate`` with a JSON body say
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hmac
 import logging
@@ -33,9 +34,12 @@ from typing import Annotated, Any, Final
 
 import bentoml
 import orjson
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from serving.api import (
+    MAX_BATCH,
+    MAX_CANDIDATES,
+    MAX_DELAY_MINUTES,
     Action,
     ApiError,
     Context,
@@ -47,10 +51,13 @@ from serving.api import (
     Event,
     EventAck,
     EventType,
+    Id,
+    Text,
     parse,
 )
 from serving.config import from_environment
 from serving.decider import Request
+from serving.openapi import decision_document
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -108,6 +115,9 @@ class Gate:
         if path in ("/healthz", "/readyz"):
             await self._health(path, runtime, send)
             return
+        if path == "/docs.json":
+            await _reply(send, 200, _docs_json())
+            return
         if path in OPEN_ROUTES or path == "/" or path.startswith(DOC_PREFIXES):
             await self.app(scope, receive, send)
             return
@@ -119,10 +129,16 @@ class Gate:
         if scope["method"] == "POST":
             try:
                 body = await _read_body(scope, receive, limit)
+                if path in REQUEST_MODELS:
+                    _require_json(scope)
+                    if not settings.fast_path:
+                        # The BentoML path gets only bodies that pass the same strict models
+                        # (its own IO descriptors coerce "yes" to true and "190" to 190).
+                        await _validate(path, body)
             except ApiError as error:
                 await _reply(send, *_json(error.status, error.body))
                 return
-            if settings.fast_path and path in ("/decide", "/decide_batch", "/events"):
+            if settings.fast_path and path in REQUEST_MODELS:
                 status, payload = await self._answer(path, body, runtime)
                 await _reply(send, status, payload)
                 return
@@ -191,11 +207,50 @@ class Gate:
             return _json(error.status, error.body)
 
 
+#: The request model of each decision route (both paths validate with it).
+REQUEST_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "/decide": DecideRequest,
+    "/decide_batch": DecideBatchRequest,
+    "/events": Event,
+}
+
+
+def _require_json(scope: Scope) -> None:
+    """415 unless the body is declared ``application/json`` (parameters such as a charset
+    allowed): a form or text body is a client bug, not a request to guess at."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media == b"application/json":
+                return
+            break
+    raise ApiError(415, "unsupported media type: the body must be application/json",
+                   {"field": "Content-Type", "expected": "application/json"})  # fmt: skip
+
+
+async def _validate(path: str, body: bytes) -> None:
+    """Raise ``ApiError`` unless ``body`` is a valid request of ``path`` (a large batch is
+    validated off the event loop)."""
+    model = REQUEST_MODELS[path]
+    if len(body) > THREAD_BATCH_BYTES:
+        await asyncio.to_thread(parse, model, body)
+    else:
+        parse(model, body)
+
+
 def _answer_batch(body: bytes, runtime: Runtime) -> tuple[int, bytes]:
     """``/decide_batch``'s status and JSON body (raises ``ApiError`` for a malformed one)."""
     batch = parse(DecideBatchRequest, body)
     decisions = runtime.decider.decide_batch([_to_request(r) for r in batch.requests])
     return _json(200, {"decisions": decisions})
+
+
+@functools.cache
+def _docs_json() -> bytes:
+    """The OpenAPI document: BentoML's, with the decision routes as served (built once)."""
+    # ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.
+    spec = NBA.openapi_spec.asdict()  # type: ignore[attr-defined]
+    return orjson.dumps(decision_document(spec))
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -288,12 +343,14 @@ class NBA:
         # Runs on SIGTERM/SIGINT: every queued decision and event is written before exit.
         self.runtime.close()
 
+    # The signatures use the request models' bounded types; ``Gate`` has already validated
+    # the body strictly with ``serving.api`` (``REQUEST_MODELS``) before these run.
     @bentoml.api(route="/decide")
     def decide(
         self,
-        customer_id: str,
+        customer_id: CustomerId,
         context: Context | None = None,
-        candidates: list[Action] | None = None,
+        candidates: Annotated[list[Action], Field(max_length=MAX_CANDIDATES)] | None = None,
         explain: bool = False,
     ) -> DecideResponse:
         """Next best action for one customer at search time."""
@@ -302,7 +359,9 @@ class NBA:
         return DecideResponse(**self.runtime.decider.decide(_to_request(body)))
 
     @bentoml.api(route="/decide_batch")
-    def decide_batch(self, requests: list[DecideRequest]) -> DecideBatchResponse:
+    def decide_batch(
+        self, requests: Annotated[list[DecideRequest], Field(max_length=MAX_BATCH)]
+    ) -> DecideBatchResponse:
         """Decisions for up to 10,000 customers (outbound campaigns), in request order."""
         batch = DecideBatchRequest(requests=requests)
         decisions = self.runtime.decider.decide_batch([_to_request(r) for r in batch.requests])
@@ -314,11 +373,11 @@ class NBA:
         customer_id: CustomerId,
         type: EventType,  # the contract's field name (shadows the builtin here only)
         ts: AwareDatetime,
-        case_id: str | None = None,
-        topic: str | None = None,
-        sentiment: Annotated[float, Field(ge=-1, le=1)] | None = None,
+        case_id: Id | None = None,
+        topic: Text | None = None,
+        sentiment: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None,
         compensated: bool | None = None,
-        delay_minutes: Annotated[int, Field(ge=0)] | None = None,
+        delay_minutes: Annotated[int, Field(ge=0, le=MAX_DELAY_MINUTES)] | None = None,
         cancelled: bool | None = None,
     ) -> EventAck:
         """Report a change (case opened, disruption, ...) that the next decision must see."""

@@ -216,14 +216,18 @@ REQUEST_MODELS: Final[dict[str, type[BaseModel]]] = {
 
 
 def _require_json(scope: Scope) -> None:
-    """415 unless the body is declared ``application/json`` (parameters such as a charset
-    allowed): a form or text body is a client bug, not a request to guess at."""
+    """415 when the body is declared as anything but ``application/json`` (parameters such as
+    a charset allowed): a form or text body is a client bug, not a request to guess at. A body
+    with no declared type is read as JSON (minimal clients omit the header; the body is still
+    validated strictly)."""
     for name, value in scope["headers"]:
         if name == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
             if media == b"application/json":
                 return
             break
+    else:
+        return
     raise ApiError(415, "unsupported media type: the body must be application/json",
                    {"field": "Content-Type", "expected": "application/json"})  # fmt: skip
 

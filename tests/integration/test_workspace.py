@@ -86,9 +86,9 @@ def files_under(folder: Path) -> set[str]:
 
 #: Lines that are not the command's own: warnings, library logs and diffs, colour codes.
 NOISE = re.compile(
-    r"warn|INFO|DEBUG|Traceback|\x1b\[|^Created |Materializing|registered model|"
+    r"(?i:warn)|INFO|DEBUG|Traceback|\x1b\[|^Created |Materializing|[Rr]egistered model|"
     r"site-packages|mlflow\.|feast\.|sqlalchemy",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
 
 

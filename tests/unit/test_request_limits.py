@@ -250,12 +250,19 @@ def test_gate_refuses_hostile_bodies_on_both_paths(gate: Any, case: str) -> None
 
 
 @pytest.mark.parametrize("content_type", [b"text/plain", b"application/x-www-form-urlencoded",
-                                          None, b"application/jsonp"])  # fmt: skip
+                                          b"application/jsonp", b"multipart/form-data"])  # fmt: skip
 def test_gate_answers_415_unless_json(gate: Any, content_type: bytes | None) -> None:
     status, answer = call(gate, "/decide", b'{"customer_id": "C1"}', content_type)
     assert status == 415
     assert answer["detail"] == {"field": "Content-Type", "expected": "application/json"}
     assert not gate.runtime.decider.requests and not gate.passed
+
+
+def test_a_body_without_a_declared_type_is_read_as_json(gate: Any) -> None:
+    status, _ = call(gate, "/decide", b'{"customer_id": "C1"}', None)
+    assert status != 415
+    status, answer = call(gate, "/decide", b'{"customer_id": "C1", "explain": "yes"}', None)
+    assert status == 422 and answer["detail"]["field"] == "explain"
 
 
 def test_gate_stores_only_validated_values(gate: Any) -> None:

@@ -73,7 +73,9 @@ class SqlitePromoHistory:
     microseconds (UTC) so that comparisons are integer comparisons.
     """
 
-    def __init__(self, path: Path, keep_days: float = 8.0) -> None:
+    def __init__(self, path: Path, keep_days: float = 8.0, timeout: float = 2.0) -> None:
+        """``timeout``: SQLite's busy timeout in seconds, the deadline of every call (another
+        worker's write holds the file's lock meanwhile)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.keep_days = keep_days
@@ -81,7 +83,7 @@ class SqlitePromoHistory:
         self._adds = 0
         # One connection per process (workers are processes), used under a lock: sqlite3
         # connections are not safe to share between threads without one.
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=2.0)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: durable across a process crash, not an OS crash; a lost promo record can only
         # allow one extra promo after a power cut.
@@ -165,13 +167,15 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
     The same string as the Redis online store's (``NBA_REDIS_URL``), so one setting points
     both at one server. Options understood: ``db``, ``password``, ``username``, ``ssl``.
     ``timeout`` bounds connect and each command: an unreachable Redis must turn into a blocked
-    promo within a request, not hang it. So a failed command is retried once at once (a pooled
-    connection that Redis closed, e.g. after a restart, is replaced), never after a pause:
-    redis-py's default retries three times with exponential backoff: 6–7 s for one command
-    against a Redis that is down.
+    promo within a request, not hang it. So a command that failed on a connection error is
+    retried once at once (a pooled connection that Redis closed, e.g. after a restart, is
+    replaced), never after a pause: redis-py's default retries three times with exponential
+    backoff: 6–7 s for one command against a Redis that is down. A timeout is not retried: the
+    deadline stays ``timeout``.
     """
     import redis
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
     address, *options = [part.strip() for part in connection_string.split(",") if part.strip()]
@@ -191,7 +195,7 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
         port=int(port or 6379),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
         **kwargs,
     )
 

@@ -60,6 +60,12 @@ class HungServer:
             while connection.recv(65536):
                 pass
 
+    def __enter__(self) -> HungServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Close the listener and every accepted connection."""
         self._stopped.set()

@@ -69,11 +69,13 @@ def call(port: int, path: str, body: Any = None, key: str | None = KEY) -> tuple
     return status, json.loads(payload) if payload else None, time.monotonic() - started
 
 
-def wait_alive(process: subprocess.Popen[bytes], port: int, limit: float = 150.0) -> None:
+def wait_alive(
+    process: subprocess.Popen[bytes], port: int, log: Path, limit: float = 150.0
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+            raise AssertionError(f"server exited: {log.read_text()[-3000:]}")
         try:
             if call(port, "/healthz", key=None)[0] == 200:
                 return
@@ -85,13 +87,13 @@ def wait_alive(process: subprocess.Popen[bytes], port: int, limit: float = 150.0
 
 
 @pytest.fixture(scope="module")
-def servers(
+def world(
     tmp_path_factory: pytest.TempPathFactory,
     feature_repo_copier: Callable[[Path, str], Path],
     feature_table_builder: Callable[..., pd.DataFrame],
     monkeypatch_module: pytest.MonkeyPatch,
-) -> Iterator[dict[str, tuple[int, subprocess.Popen[bytes]]]]:
-    """Both servers on one hung Redis: {"mixed": (port, process), "production": ...}."""
+) -> Iterator[dict[str, Any]]:
+    """A hung Redis, a Feast repo whose registries know the views, and an exported model."""
     root = tmp_path_factory.mktemp("hung")
     hung = HungServer().start()
     # The caller's NBA_* settings must not leak into the servers.
@@ -121,11 +123,24 @@ def servers(
         "NBA_API_KEYS": KEY,
         "NBA_EXPLORE_EPSILON": "0",
     }
+    try:
+        yield {"root": root, "hung": hung, "common": common, "registry_url": registry_url,
+               "project": project}  # fmt: skip
+    finally:
+        hung.stop()
+        if TIMINGS:
+            print("\nseconds:", json.dumps({k: round(v, 3) for k, v in TIMINGS.items()}))
+
+
+@pytest.fixture(scope="module")
+def servers(world: dict[str, Any]) -> Iterator[dict[str, tuple[int, subprocess.Popen[bytes]]]]:
+    """Both servers on the hung Redis: {"mixed": (port, process), "production": ...}."""
+    root, common, project = world["root"], world["common"], world["project"]
     envs = {
         "mixed": {"NBA_ONLINE_STORE": "redis", "NBA_PROMO_STORE": "sqlite"},
         "production": {
             "NBA_PROFILE": "production",
-            "NBA_REGISTRY_URL": registry_url,
+            "NBA_REGISTRY_URL": world["registry_url"],
             "NBA_ENVIRONMENT": f"hung-{project}",
         },
     }
@@ -141,25 +156,25 @@ def servers(
                 "NBA_PROMO_HISTORY_PATH": str(logs / "promos.db"),
             }
             port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "nba.cli", "serve", "--port", str(port), "--workers", "1"],
-                env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **env},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            # stderr to a file: a pipe nobody reads would block the server once it is full.
+            with open(root / f"{name}.log", "wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "nba.cli", "serve", "--port", str(port),
+                     "--workers", "1"],
+                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
             started[name] = (port, process)
-        for port, process in started.values():
-            wait_alive(process, port)
+        for name, (port, process) in started.items():
+            wait_alive(process, port, root / f"{name}.log")
         yield started
     finally:
         for _, process in started.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-        hung.stop()
-        if TIMINGS:
-            print("\nseconds:", json.dumps({k: round(v, 3) for k, v in TIMINGS.items()}))
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +214,32 @@ def test_a_small_batch_degrades_within_the_deadline(
     assert len(decisions) == 5
     assert all(d["action"] == "none" and d["degraded"] is True for d in decisions)
     assert elapsed < BOUND
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_concurrent_large_batches_degrade_within_the_deadline(
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]], profile: str
+) -> None:
+    # 40 requests: the array path, off the event loop (features read as columns); four at once
+    # hung both workers of the production profile before.
+    port, _ = servers[profile]
+    time.sleep(1.2)
+    body = {"requests": [{"customer_id": f"C{i % 5}"} for i in range(40)]}
+    outcomes: list[tuple[int, Any, float]] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(call(port, "/decide_batch", body)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=4 * BOUND + 5)
+    assert len(outcomes) == 4
+    TIMINGS[f"{profile} 4 concurrent /decide_batch of 40 (slowest)"] = max(o[2] for o in outcomes)
+    for status, answer, elapsed in outcomes:
+        assert status == 200, answer
+        assert all(d["action"] == "none" and d["degraded"] for d in answer["decisions"])
+        assert elapsed < BOUND
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -268,3 +309,41 @@ def test_sigterm_stops_the_server_while_the_store_hangs(
         stop.set()
     TIMINGS[f"{profile} SIGTERM to exit"] = time.monotonic() - started
     assert process.returncode is not None
+
+
+def test_a_hung_postgresql_registry_fails_the_start_within_its_deadline(
+    world: dict[str, Any],
+) -> None:
+    # The production profile's Feast registry on a PostgreSQL that accepts and never answers:
+    # a worker starts degraded (feature store not opened) after libpq's connect timeout, not
+    # never. In a subprocess, so that a hang fails the test instead of stopping it.
+    script = """
+import json, time
+import feast  # imported first: its 7 s are not the registry's
+from nba.settings import load_settings
+from serving.runtime import Runtime
+started = time.monotonic()
+runtime = Runtime.start(load_settings())
+seconds = time.monotonic() - started
+print(json.dumps({"seconds": seconds, "problems": runtime.problems,
+                  "ready": runtime.readiness()}))
+runtime.close()
+"""
+    root = world["root"]
+    with HungServer() as postgres:
+        env = {
+            **os.environ,
+            **world["common"],
+            "NBA_PROFILE": "production",
+            "NBA_REGISTRY_URL": f"postgresql+psycopg2://postgres@{postgres.address}/nba",
+            "NBA_DECISION_LOG_DIR": str(root / "logs-pg" / "decisions"),
+            "NBA_EVENTS_LOG_DIR": str(root / "logs-pg" / "events"),
+        }
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    TIMINGS["production start, registry on a hung PostgreSQL"] = outcome["seconds"]
+    assert outcome["seconds"] < 10.0
+    assert any("feature store not opened" in p for p in outcome["problems"])
+    assert outcome["ready"][0] is False

@@ -19,10 +19,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Final, ParamSpec, TypeVar
+from typing import Final, TypeVar, TypeVarTuple
 
-P = ParamSpec("P")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: Names of the exception classes that mean "no answer in time": the builtin ``TimeoutError``
 #: (``socket.timeout``, ``serving.resp``) and redis-py's, which is not a subclass of it.
@@ -68,15 +68,20 @@ class Breaker:
 
     def is_open(self) -> bool:
         """Whether calls fail fast now."""
-        return self._open_until > self._clock()
+        # 0.0 until a missed deadline: the request path then skips reading the clock.
+        return bool(self._open_until) and self._open_until > self._clock()
 
     def check(self) -> None:
         """Raise ``StoreUnavailable`` while the breaker is open."""
-        if self._open_until > self._clock():
-            raise StoreUnavailable(
-                f"{self.name} missed its deadline ({self._cause}); not asked again for "
-                f"{self._open_until - self._clock():.1f} s"
-            )
+        if not self._open_until:
+            return
+        left = self._open_until - self._clock()
+        if left <= 0:
+            self._open_until = 0.0  # closed again: the next call tries the store
+            return
+        raise StoreUnavailable(
+            f"{self.name} missed its deadline ({self._cause}); not asked again for {left:.1f} s"
+        )
 
     def trip(self, error: BaseException) -> None:
         """Record a missed deadline: fail fast for ``cooldown`` seconds from now."""
@@ -85,11 +90,12 @@ class Breaker:
         if self.cooldown > 0:
             self._open_until = self._clock() + self.cooldown
 
-    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(*args, **kwargs)`` unless the breaker is open; a timeout it raises opens it."""
-        self.check()
+    def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``fn(*args)`` unless the breaker is open; a timeout it raises opens it."""
+        if self._open_until:
+            self.check()
         try:
-            return fn(*args, **kwargs)
+            return fn(*args)
         except Exception as error:
             if is_timeout(error) and not isinstance(error, StoreUnavailable):
                 self.trip(error)

@@ -19,9 +19,12 @@ import logging
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+
+from serving.deadline import Breaker, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +210,25 @@ class RedisPromoHistory:
     count is one ``ZCOUNT``, an add one pipelined ``ZADD`` + trim + ``EXPIRE`` round trip, so a
     quiet customer's key disappears ``keep_days`` after their last promo. Members are unique
     (time and a random suffix): two promos in the same microsecond still count twice.
+
+    With a ``breaker`` (``serving.deadline``), calls fail at once for a while after one missed
+    its deadline: a count is then None (promo blocked) and an add raises (promo not given).
     """
 
-    def __init__(self, client: Any, prefix: str = "nba:promos:", keep_days: float = 8.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "nba:promos:",
+        keep_days: float = 8.0,
+        breaker: Breaker | None = None,
+    ) -> None:
         self._redis = client
         self.prefix = prefix
         self.keep_days = keep_days
+        self._breaker = breaker
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self._breaker is None else self._breaker.call(fn, *args)
 
     @property
     def client(self) -> Any:
@@ -241,8 +257,8 @@ class RedisPromoHistory:
         import redis
 
         try:
-            reply: object = self._redis.zcount(*self.window(customer_id, now, days))
-        except redis.RedisError as error:
+            reply: object = self._call(self._redis.zcount, *self.window(customer_id, now, days))
+        except (redis.RedisError, StoreUnavailable) as error:
             reply = error
         return self.counted(reply)
 
@@ -259,8 +275,8 @@ class RedisPromoHistory:
         for customer_id in customer_ids:
             pipe.zcount(*self.window(customer_id, now, days))
         try:
-            replies: list[object] = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+            replies: list[object] = self._call(pipe.execute, False)  # raise_on_error=False
+        except (redis.RedisError, StoreUnavailable) as error:
             replies = [error] * len(customer_ids)
         return [self.counted(reply) for reply in replies]
 
@@ -283,7 +299,7 @@ class RedisPromoHistory:
         for customer_id in customer_ids:
             for command in self.add_commands(customer_id, at):
                 pipe.execute_command(*command)
-        pipe.execute()
+        self._call(pipe.execute)
 
     def close(self) -> None:
         """Release the connection pool."""

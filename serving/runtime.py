@@ -114,28 +114,32 @@ def compile_for_batches(model: LoadedModel, settings: Any) -> int:
         return 0
 
 
-def open_promo_history(settings: Any) -> PromoHistory:
+def open_promo_history(settings: Any, breaker: Breaker | None = None) -> PromoHistory:
     """The promo history of ``settings.promo_store``: one SQLite file per host, or Redis.
 
     Redis keys are prefixed with the environment name so that two deployments (or test runs)
     sharing a Redis never count each other's promos. Every call has the deadline
-    ``settings.store_timeout_seconds`` (Redis socket timeouts, SQLite's busy timeout).
+    ``settings.store_timeout_seconds`` (Redis socket timeouts, SQLite's busy timeout); on Redis,
+    ``breaker`` (the Redis server's) fails calls fast after a missed deadline.
     """
     timeout = settings.store_timeout_seconds
     if settings.promo_store == "redis":
         return RedisPromoHistory(
-            redis_client(settings.redis_url, timeout), prefix=f"nba:{settings.environment}:promos:"
+            redis_client(settings.redis_url, timeout),
+            prefix=f"nba:{settings.environment}:promos:",
+            breaker=breaker,
         )
     return SqlitePromoHistory(Path(settings.promo_history_path), timeout=timeout)
 
 
-def open_apology_budget(settings: Any) -> DailyBudget:
+def open_apology_budget(settings: Any, breaker: Breaker | None = None) -> DailyBudget:
     """The paced apology budget, counted where the promo history is (``settings.promo_store``).
 
     Every worker of the host shares one count (a table in the promo history's SQLite file), or
     every host does (Redis, keys prefixed with the environment name like the promo keys), so
     the whole service grants at most ``apology_budget_per_day`` credits a UTC day. Every call
-    has the deadline ``settings.store_timeout_seconds``; a missed one grants no credit.
+    has the deadline ``settings.store_timeout_seconds``; a missed one grants no credit (and on
+    Redis opens ``breaker``, as in ``open_promo_history``).
     """
     counter: BudgetCounter
     timeout = settings.store_timeout_seconds
@@ -143,6 +147,7 @@ def open_apology_budget(settings: Any) -> DailyBudget:
         counter = RedisBudgetCounter(
             redis_client(settings.redis_url, timeout),
             prefix=f"nba:{settings.environment}:apology:",
+            breaker=breaker,
         )
     else:
         counter = SqliteBudgetCounter(Path(settings.promo_history_path), timeout=timeout)
@@ -183,7 +188,12 @@ class Runtime:
         if model is not None and settings.compiled_trees:
             compile_for_batches(model, settings)
         adapter = reader = None
-        breaker = Breaker("feature store", settings.store_cooldown_seconds)
+        # One breaker per store server: the features share Redis's with the promo history and
+        # the budget (NBA_REDIS_URL is everyone's Redis); SQLite files wait on locks, not on a
+        # server, and a locked feature file must not block the promo file's calls.
+        cooldown = settings.store_cooldown_seconds
+        redis_breaker = Breaker("Redis", cooldown)
+        breaker = redis_breaker if settings.online_store == "redis" else Breaker("SQLite", cooldown)
         try:
             adapter = settings.feast_adapter().with_timeout(settings.store_timeout_seconds)
             reader = adapter.direct_reader()
@@ -213,8 +223,8 @@ class Runtime:
         event_writer = LogWriter(
             Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts", flush
         )
-        budget = open_apology_budget(settings)
-        history = open_promo_history(settings)
+        budget = open_apology_budget(settings, redis_breaker)
+        history = open_promo_history(settings, redis_breaker)
         # Production profile: a decision's features, promo count and budget in one Redis round
         # trip when all three live on one server (serving.redisreads); else three calls.
         one_trip = None

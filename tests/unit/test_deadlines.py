@@ -184,3 +184,28 @@ def test_the_pipe_connect_has_the_deadline_too() -> None:
 
     outcome, elapsed, opened = asyncio.run(run())
     assert isinstance(outcome, TimeoutError) and 0.15 <= elapsed < 0.5 and opened
+
+
+def test_promo_history_and_budget_share_a_breaker_and_fail_closed_at_once() -> None:
+    from serving.budget import RedisBudgetCounter
+    from serving.policy import DailyBudget
+
+    with hung_server() as server:
+        client = redis_client(server.address, timeout=0.3)
+        breaker = Breaker("Redis", cooldown=5.0)
+        history = RedisPromoHistory(client, breaker=breaker)
+        budget = DailyBudget(100, lambda: datetime.now(UTC),
+                             counter=RedisBudgetCounter(client, breaker=breaker))  # fmt: skip
+        started = time.monotonic()
+        assert history.count("C1", datetime.now(UTC)) is None  # the one call that waits
+        first = time.monotonic() - started
+        started = time.monotonic()
+        assert budget.remaining() == 0 and budget.take() is False  # no credit
+        assert history.count_many(["C1", "C2"], datetime.now(UTC)) == [None, None]
+        with pytest.raises(StoreUnavailable):
+            history.add("C1", datetime.now(UTC))  # not recorded: the promo is not given
+        rest = time.monotonic() - started
+        accepted = server.accepted
+        client.close()
+    assert 0.25 <= first < 0.6 and rest < 0.05
+    assert accepted == 1  # nothing after the missed deadline reached the server

@@ -33,6 +33,7 @@ import gc
 import hmac
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Final
 
@@ -197,17 +198,31 @@ class Gate:
             except ValueError as error:  # the event does not fit the customer's state
                 return _json(422, {"error": str(error), "detail": {"field": "type"}})
             except TimeoutError:  # wait_for's own: the store calls outlived the deadline
-                logger.error("event not applied: no answer within %g s", timeout)
+                _error_now_and_then("TimeoutError", f"no answer within {timeout:g} s")
                 return _json(503, {"error": "feature store did not answer in time: event not "
                                    f"applied (within {timeout:g} s)",
                                    "detail": "TimeoutError"})  # fmt: skip
             except Exception as error:  # any store failure: never acknowledge an unseen event
-                logger.error("event not applied: %s", type(error).__name__)
+                _error_now_and_then(type(error).__name__, type(error).__name__)
                 return _json(503, {"error": "feature store unavailable: event not applied",
                                    "detail": type(error).__name__})  # fmt: skip
             return _json(200, ack)
         except ApiError as error:
             return _json(error.status, error.body)
+
+
+#: Each cause of an event not applied is logged at most once per this many seconds: a hung
+#: store fails every event at once (``serving.deadline``), and must not flood the log.
+LOG_EVERY_SECONDS: Final = 10.0
+_last_logged: dict[str, float] = {}
+
+
+def _error_now_and_then(cause: str, detail: str) -> None:
+    """Log "event not applied" for ``cause``, unless it was logged in the last 10 s."""
+    now = time.monotonic()
+    if now - _last_logged.get(cause, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+        _last_logged[cause] = now
+        logger.error("event not applied: %s", detail)
 
 
 def _request_timeout(settings: Any) -> float:

@@ -209,3 +209,62 @@ def test_promo_history_and_budget_share_a_breaker_and_fail_closed_at_once() -> N
         client.close()
     assert 0.25 <= first < 0.6 and rest < 0.05
     assert accepted == 1  # nothing after the missed deadline reached the server
+
+
+class _SlowRuntime:
+    """A runtime whose store calls outlive any deadline (a thread stuck in a client)."""
+
+    decision_io = None
+
+    def readiness(self) -> tuple[bool, str]:
+        time.sleep(1.0)
+        return True, "ready"
+
+    def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(1.0)
+        return {"applied": True}
+
+
+def test_readyz_and_events_answer_503_at_the_request_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from nba.settings import load_settings
+    from serving import service
+
+    settings = load_settings(api_keys=["k"], request_timeout_seconds=0.3)
+    monkeypatch.setattr(service._Holder, "settings", settings)
+    monkeypatch.setattr(service._Holder, "runtime", _SlowRuntime())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the gate answers these routes itself")
+
+    async def request(path: str, body: bytes = b"") -> tuple[int, Any, float]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "method": "POST" if body else "GET",
+                 "headers": [(b"x-api-key", b"k")]}  # fmt: skip
+        started = time.monotonic()
+        await service.Gate(app)(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"]), time.monotonic() - started
+
+    async def run() -> list[tuple[int, Any, float]]:
+        event = b'{"customer_id": "C1", "type": "booking", "ts": "2026-12-05T00:00:00Z"}'
+        return [await request("/readyz"), await request("/events", event),
+                await request("/healthz")]  # fmt: skip
+
+    (ready, ready_body, ready_s), (event, event_body, event_s), (alive, _, alive_s) = asyncio.run(
+        run()
+    )
+    assert ready == 503 and ready_body["ready"] is False
+    assert "no answer within 0.3 s" in ready_body["detail"]
+    assert event == 503 and "event not applied" in event_body["error"]
+    assert 0.25 <= ready_s < 0.8 and 0.25 <= event_s < 0.8
+    assert alive == 200 and alive_s < 0.05

@@ -13,9 +13,9 @@ Each part that fails to load leaves the runtime *degraded*, not dead: ``/decide`
 Deadlines (``serving.deadline``): every store the runtime opens gets
 ``NBA_STORE_TIMEOUT_SECONDS`` through its own client options (Feast's Redis client and SQLite
 reader, the PostgreSQL registry, the promo history, the budget, the awaited ``/decide``
-connection). The feature store's calls go through one ``Breaker``
-(``NBA_STORE_COOLDOWN_SECONDS``): after a missed deadline, decisions, ``/events`` and the
-readiness probe fail at once instead of waiting again.
+connection). Calls go through one ``Breaker`` per store server (``NBA_STORE_COOLDOWN_SECONDS``;
+Redis's is shared by the features, the promo history and the budget): after a missed deadline,
+decisions, ``/events`` and the readiness probe fail at once instead of waiting again.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class Runtime:
     problems: list[str] = field(default_factory=list)
     #: ``/decide``'s awaited store calls (``Decider.decide_async``), or None: blocking calls.
     decision_io: PipelinedDecisionIO | None = None
-    #: Fails the feature store's calls fast after one missed its deadline (``serving.deadline``).
+    #: The feature store's breaker (``serving.deadline``): its calls fail fast for a while
+    #: after one missed its deadline (Redis's breaker when the features are on Redis).
     breaker: Breaker = field(default_factory=lambda: Breaker("feature store", 0.0))
     _probe: tuple[float, bool, str] = (0.0, False, "not checked")
     _push_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -341,9 +341,13 @@ runtime.close()
         }
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                                 text=True, timeout=120)  # fmt: skip
+        tried = postgres.accepted
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     TIMINGS["production start, registry on a hung PostgreSQL"] = outcome["seconds"]
-    assert outcome["seconds"] < 10.0
+    assert tried >= 1  # the registry did try the hung server
+    # One connect of 2 s (libpq's minimum) and ≈ 1.5 s of FeatureStore: 3.8 s on a quiet
+    # host, 7 s at load average 8. Without the connect timeout it never returns.
+    assert outcome["seconds"] < 15.0
     assert any("feature store not opened" in p for p in outcome["problems"])
     assert outcome["ready"][0] is False

@@ -24,6 +24,7 @@ import pandas as pd
 
 from features import schema
 from features.columns import FeatureColumns, decode_packed, empty_column
+from features.deadlines import with_deadlines
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -126,20 +127,37 @@ class FeastAdapter:
         yaml_file: Path,
         redis_url: str | None = None,
         registry_url: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         """``repo``: the Feast repo folder; ``yaml_file``: its config (relative: to ``repo``).
 
         ``redis_url`` fills ``${NBA_REDIS_URL}`` in the yaml; otherwise the environment variable,
         otherwise ``DEFAULT_REDIS_URL``. ``registry_url`` likewise fills ``${NBA_REGISTRY_URL}``
         (the SQL registry of ``feature_store.production.yaml``). The process environment is not
-        modified.
+        modified. ``timeout``: the service's deadline on every store call, in seconds (see
+        ``with_timeout``); None leaves the clients' defaults (the CLI's long materializations).
         """
         self.repo = Path(repo).resolve()
         yaml_path = Path(yaml_file)
         self.yaml_file = yaml_path if yaml_path.is_absolute() else self.repo / yaml_path
         self._redis_url = redis_url
         self._registry_url = registry_url
+        self.timeout = timeout
         self._store: FeatureStore | None = None
+
+    def with_timeout(self, seconds: float) -> FeastAdapter:
+        """A new adapter on the same repo whose store calls have a deadline of ``seconds``.
+
+        For the service (``serving.runtime``): Feast's Redis client gets its own socket and
+        connect timeouts (``socket_timeout``, ``socket_connect_timeout`` in the connection
+        string, unless the string sets them), the direct SQLite reader a busy timeout of
+        ``seconds``, and a PostgreSQL registry a connect timeout (libpq's minimum is 2 s) and
+        ``cache_mode: thread``: Feast then refreshes the cached registry in its own background
+        thread, never inside a request (in ``sync`` mode an ``/events`` push refreshes it
+        inline every ``cache_ttl_seconds``, and would wait on a hung PostgreSQL).
+        """
+        return FeastAdapter(self.repo, self.yaml_file, self._redis_url, self._registry_url,
+                            timeout=seconds)  # fmt: skip
 
     @property
     def table_path(self) -> Path:
@@ -161,7 +179,10 @@ class FeastAdapter:
         if self._registry_url is not None:
             variables["NBA_REGISTRY_URL"] = self._registry_url
         text = string.Template(self.yaml_file.read_text()).safe_substitute(variables)
-        config = RepoConfig(**yaml.safe_load(text))
+        raw = yaml.safe_load(text)
+        if self.timeout is not None:
+            raw = with_deadlines(raw, self.timeout)
+        config = RepoConfig(**raw)
         # Relative paths (registry, SQLite file, FileSource) resolve against repo_path.
         config.repo_path = self.repo
         return config
@@ -272,7 +293,7 @@ class FeastAdapter:
     def direct_reader(self) -> DirectOnlineReader:
         """The request path's reader: the online store's own ``online_read`` per view, without
         the SDK's response building (see ``DirectOnlineReader``)."""
-        return DirectOnlineReader(self.store)
+        return DirectOnlineReader(self.store, timeout=self.timeout)
 
     def push(self, rows: pd.DataFrame) -> None:
         """Write real-time rows straight to the online store through the PushSource.
@@ -346,8 +367,9 @@ class DirectOnlineReader:
     ``/events`` needs to push a state that never goes back in time.
     """
 
-    def __init__(self, store: FeatureStore) -> None:
-        """Resolve the two views and the online store once."""
+    def __init__(self, store: FeatureStore, timeout: float | None = None) -> None:
+        """Resolve the two views and the online store once; ``timeout``: the SQLite reads'
+        busy timeout in seconds (None: sqlite3's 5 s; Redis's deadline is its client's)."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
@@ -369,7 +391,7 @@ class DirectOnlineReader:
         )
         self._sqlite: _SqliteRows | _RedisRows | None = None
         if is_sqlite:
-            self._sqlite = _SqliteRows(store, self._views)
+            self._sqlite = _SqliteRows(store, self._views, timeout)
         elif is_redis:
             self._sqlite = _RedisRows(store, self._views)
 
@@ -480,7 +502,12 @@ class _SqliteRows:
     ``DirectOnlineReader`` uses it for SQLite only; a test compares it with the SDK's reads.
     """
 
-    def __init__(self, store: FeatureStore, views: list[tuple[object, tuple[str, ...]]]) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        views: list[tuple[object, tuple[str, ...]]],
+        timeout: float | None = None,
+    ) -> None:
         import sqlite3
         import threading
 
@@ -498,7 +525,10 @@ class _SqliteRows:
             for view, names in views
         ]
         self._path = path
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        # A busy timeout is the read's deadline: while `nba features` materializes, SQLite's
+        # write lock held readers for seconds (stack-facts); sqlite3's default waits 5 s.
+        self._timeout = 5.0 if timeout is None else timeout
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=self._timeout)
         self._lock = threading.Lock()
         self._db2: Any = None
         self._lock2: Any = None
@@ -591,7 +621,7 @@ class _SqliteRows:
             import sqlite3
             import threading
 
-            self._db2 = sqlite3.connect(self._path, check_same_thread=False)
+            self._db2 = sqlite3.connect(self._path, check_same_thread=False, timeout=self._timeout)
             self._lock2 = threading.Lock()
         return self._db2, self._lock2
 
@@ -770,14 +800,17 @@ class _RedisRows:
         self._sqlite_like._generic = feast_value_type_to_python_type
         self._client = self._online._get_client(self._config.online_store)  # type: ignore[attr-defined]
         # redis-py's default retries three times with exponential backoff: with Redis down one
-        # read took 4-13 s and stalled the worker. One immediate retry (a pooled connection
-        # Redis closed is replaced), then the error: the decision is degraded at once. The
-        # client is Feast's own, so /events pushes fail fast the same way (503).
+        # read took 4-13 s and stalled the worker. One immediate retry on a connection error (a
+        # pooled connection Redis closed is replaced), then the error: the decision is
+        # degraded at once. Never on a timeout: that would double the deadline (the socket
+        # timeouts come from ``with_deadlines``). The client is Feast's own, so /events
+        # pushes fail fast the same way (503).
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.retry import Retry
 
         if hasattr(self._client, "set_retry"):
-            self._client.set_retry(Retry(NoBackoff(), 1))
+            self._client.set_retry(Retry(NoBackoff(), 1, (RedisConnectionError,)))
         self._suffix = self._config.project.encode()
         self._prefix = _key_prefix(lambda c: self._slow_keys([c])[0], self._suffix)
 

@@ -243,6 +243,33 @@ class Settings(BaseSettings):
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
+    store_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="Service: the deadline of every call to a store on the request path, in "
+        "seconds: Redis connect and reply (Feast's client, the promo history's and budget's, "
+        "the awaited /decide connection), SQLite's busy wait, PostgreSQL's connect (at least "
+        "2 s). A missed deadline degrades: /decide and each /decide_batch answer are none "
+        "with degraded: true; a promo that cannot be recorded is not given, a credit that "
+        "cannot be counted not granted; /events and /readyz answer 503.",
+    )
+    request_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Service: the longest /events and /readyz wait for their store calls, in "
+        "seconds, whatever happens underneath (each call also has NBA_STORE_TIMEOUT_SECONDS); "
+        "past it they answer 503 with the reason.",
+    )
+    store_cooldown_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Service: after a store missed its deadline, calls to it fail at once for "
+        "this many seconds (answers degraded without waiting), then the next call tries it "
+        "again; 0: every call waits its full deadline.",
+    )
 
     @classmethod
     def settings_customise_sources(

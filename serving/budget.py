@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final
+
+from serving.deadline import Breaker
 
 #: Days of SQLite rows kept (older days are deleted when a new day starts).
 KEEP_DAYS: Final = 7
@@ -110,13 +113,20 @@ class RedisBudgetCounter:
 
     Key ``<prefix><YYYY-MM-DD>`` (the prefix names the environment, as the promo keys do); a
     read is one ``GET``, a credit one script call (``_TAKE_SCRIPT``: check, ``INCR``,
-    ``EXPIRE``, atomically).
+    ``EXPIRE``, atomically). With a ``breaker`` (``serving.deadline``), calls fail at once for
+    a while after one missed its deadline (``DailyBudget`` then grants no credit).
     """
 
-    def __init__(self, client: Any, prefix: str = "nba:apology:") -> None:
+    def __init__(
+        self, client: Any, prefix: str = "nba:apology:", breaker: Breaker | None = None
+    ) -> None:
         self._redis = client
         self.prefix = prefix
         self._take = client.register_script(_TAKE_SCRIPT)
+        self._breaker = breaker
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self._breaker is None else self._breaker.call(fn, *args)
 
     @property
     def client(self) -> Any:
@@ -129,12 +139,12 @@ class RedisBudgetCounter:
 
     def spent(self, day: date) -> int:
         """Credits granted on ``day``."""
-        value = self._redis.get(self.key(day))
+        value = self._call(self._redis.get, self.key(day))
         return 0 if value is None else int(value)
 
     def take(self, day: date, limit: int) -> bool:
         """Grant one credit on ``day`` if fewer than ``limit`` were granted that day."""
-        return bool(self._take(keys=[self.key(day)], args=[limit, REDIS_TTL_SECONDS]))
+        return bool(self._call(self._take, [self.key(day)], [limit, REDIS_TTL_SECONDS]))
 
     def take_command(self, day: date, limit: int, cached: bool = True) -> tuple[str | int, ...]:
         """``take`` as one command for a caller's own connection: ``EVALSHA`` of the script,

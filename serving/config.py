@@ -32,6 +32,7 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     profile: Literal["embedded", "production"]
+    online_store: Literal["sqlite", "redis"]
     environment: str
     feature_repo: Path
     feature_store_yaml: Path
@@ -59,6 +60,9 @@ class ServiceSettings(BaseModel):
     cost_apology_credit: float
     cost_recognition: float
     cost_unsubscribe: float
+    store_timeout_seconds: float
+    request_timeout_seconds: float
+    store_cooldown_seconds: float
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:

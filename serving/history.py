@@ -19,9 +19,12 @@ import logging
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+
+from serving.deadline import Breaker, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,9 @@ class SqlitePromoHistory:
     microseconds (UTC) so that comparisons are integer comparisons.
     """
 
-    def __init__(self, path: Path, keep_days: float = 8.0) -> None:
+    def __init__(self, path: Path, keep_days: float = 8.0, timeout: float = 2.0) -> None:
+        """``timeout``: SQLite's busy timeout in seconds, the deadline of every call (another
+        worker's write holds the file's lock meanwhile)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.keep_days = keep_days
@@ -81,7 +86,7 @@ class SqlitePromoHistory:
         self._adds = 0
         # One connection per process (workers are processes), used under a lock: sqlite3
         # connections are not safe to share between threads without one.
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=2.0)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: durable across a process crash, not an OS crash; a lost promo record can only
         # allow one extra promo after a power cut.
@@ -165,13 +170,15 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
     The same string as the Redis online store's (``NBA_REDIS_URL``), so one setting points
     both at one server. Options understood: ``db``, ``password``, ``username``, ``ssl``.
     ``timeout`` bounds connect and each command: an unreachable Redis must turn into a blocked
-    promo within a request, not hang it. So a failed command is retried once at once (a pooled
-    connection that Redis closed, e.g. after a restart, is replaced), never after a pause:
-    redis-py's default retries three times with exponential backoff: 6–7 s for one command
-    against a Redis that is down.
+    promo within a request, not hang it. So a command that failed on a connection error is
+    retried once at once (a pooled connection that Redis closed, e.g. after a restart, is
+    replaced), never after a pause: redis-py's default retries three times with exponential
+    backoff: 6–7 s for one command against a Redis that is down. A timeout is not retried: the
+    deadline stays ``timeout``.
     """
     import redis
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
     address, *options = [part.strip() for part in connection_string.split(",") if part.strip()]
@@ -191,7 +198,7 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
         port=int(port or 6379),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
         **kwargs,
     )
 
@@ -203,12 +210,25 @@ class RedisPromoHistory:
     count is one ``ZCOUNT``, an add one pipelined ``ZADD`` + trim + ``EXPIRE`` round trip, so a
     quiet customer's key disappears ``keep_days`` after their last promo. Members are unique
     (time and a random suffix): two promos in the same microsecond still count twice.
+
+    With a ``breaker`` (``serving.deadline``), calls fail at once for a while after one missed
+    its deadline: a count is then None (promo blocked) and an add raises (promo not given).
     """
 
-    def __init__(self, client: Any, prefix: str = "nba:promos:", keep_days: float = 8.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "nba:promos:",
+        keep_days: float = 8.0,
+        breaker: Breaker | None = None,
+    ) -> None:
         self._redis = client
         self.prefix = prefix
         self.keep_days = keep_days
+        self._breaker = breaker
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self._breaker is None else self._breaker.call(fn, *args)
 
     @property
     def client(self) -> Any:
@@ -237,8 +257,8 @@ class RedisPromoHistory:
         import redis
 
         try:
-            reply: object = self._redis.zcount(*self.window(customer_id, now, days))
-        except redis.RedisError as error:
+            reply: object = self._call(self._redis.zcount, *self.window(customer_id, now, days))
+        except (redis.RedisError, StoreUnavailable) as error:
             reply = error
         return self.counted(reply)
 
@@ -255,8 +275,8 @@ class RedisPromoHistory:
         for customer_id in customer_ids:
             pipe.zcount(*self.window(customer_id, now, days))
         try:
-            replies: list[object] = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+            replies: list[object] = self._call(pipe.execute, False)  # raise_on_error=False
+        except (redis.RedisError, StoreUnavailable) as error:
             replies = [error] * len(customer_ids)
         return [self.counted(reply) for reply in replies]
 
@@ -279,7 +299,7 @@ class RedisPromoHistory:
         for customer_id in customer_ids:
             for command in self.add_commands(customer_id, at):
                 pipe.execute_command(*command)
-        pipe.execute()
+        self._call(pipe.execute)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -30,6 +30,7 @@ from datetime import date, datetime
 from typing import Any, Protocol, TypeAlias
 
 from serving.budget import RedisBudgetCounter
+from serving.deadline import Breaker
 from serving.history import RedisPromoHistory
 from serving.policy import DailyBudget
 from serving.resp import RedisPipe, pack, pack_tail
@@ -225,7 +226,10 @@ def one_round_trip(rows: object, history: object, budget: DailyBudget) -> RedisD
     return RedisDecisionReads(rows, history, budget)  # type: ignore[arg-type]
 
 
-def pipelined(reads: RedisDecisionReads) -> PipelinedDecisionIO:
+def pipelined(
+    reads: RedisDecisionReads, timeout: float | None = None, breaker: Breaker | None = None
+) -> PipelinedDecisionIO:
     """``PipelinedDecisionIO`` over a new connection to the server of ``reads`` (it connects
-    on first use, on the event loop that uses it)."""
-    return PipelinedDecisionIO(reads, RedisPipe.like(reads._rows.client))
+    on first use, on the event loop that uses it). ``timeout``: its deadline per write and to
+    connect (default: the client's socket timeout); ``breaker``: see ``serving.resp``."""
+    return PipelinedDecisionIO(reads, RedisPipe.like(reads._rows.client, timeout, breaker))

@@ -20,7 +20,11 @@ a pooled connection, wraps each send and read in ``asyncio.wait_for`` and reads 
   in order; Redis answers pipelined commands in the order they were sent.
 * One deadline per write: if its last reply has not arrived ``timeout`` seconds later, the
   connection is closed and every pending future fails with ``TimeoutError``; a lost
-  connection fails them with ``ConnectionError``. The next ``submit`` reconnects.
+  connection fails them with ``ConnectionError``. The next ``submit`` reconnects. Connecting
+  (and its ``AUTH``/``SELECT``) has the same deadline. With a ``serving.deadline.Breaker``, a
+  missed deadline opens it, and while it is open ``submit`` fails at once with
+  ``StoreUnavailable`` instead of queueing behind a Redis that does not answer (a small
+  ``/decide_batch`` would otherwise wait one deadline per request).
 
 Errors of single commands (a wrong key type, ``NOSCRIPT``) are not exceptions here: they come
 back as ``hiredis.ReplyError`` values among the replies, for the caller to handle per command.
@@ -37,6 +41,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import hiredis
+
+from serving.deadline import Breaker, StoreUnavailable
 
 #: RESP's line end.
 _CRLF: Final = b"\r\n"
@@ -130,6 +136,7 @@ class RedisPipe:
     Args:
         host, port, db, username, password, ssl: the server (as ``redis.Redis`` takes them).
         timeout: seconds to connect, and to receive a write's replies.
+        breaker: opened by a missed deadline; while open, ``submit`` fails at once.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class RedisPipe:
         password: str | None = None,
         ssl: bool = False,
         timeout: float = 0.5,
+        breaker: Breaker | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -150,6 +158,7 @@ class RedisPipe:
         self.password = password
         self.ssl = ssl
         self.timeout = timeout
+        self.breaker = breaker
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -162,8 +171,11 @@ class RedisPipe:
         self.submitted = 0
 
     @classmethod
-    def like(cls, client: Any, timeout: float | None = None) -> RedisPipe:
-        """A pipe to the server of a ``redis.Redis`` client (same address, db, credentials, TLS)."""
+    def like(
+        cls, client: Any, timeout: float | None = None, breaker: Breaker | None = None
+    ) -> RedisPipe:
+        """A pipe to the server of a ``redis.Redis`` client (same address, db, credentials,
+        TLS); ``timeout`` defaults to the client's socket timeout, else 0.5 s."""
         import redis
 
         pool = client.connection_pool
@@ -176,6 +188,7 @@ class RedisPipe:
             password=kwargs.get("password"),
             ssl=issubclass(pool.connection_class, redis.SSLConnection),
             timeout=float(timeout or kwargs.get("socket_timeout") or 0.5),
+            breaker=breaker,
         )
 
     def submit(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
@@ -189,6 +202,13 @@ class RedisPipe:
         if loop is not self._loop:
             self._bind(loop)
         future: asyncio.Future[list[Any]] = loop.create_future()
+        breaker = self.breaker
+        if breaker is not None and breaker.is_open():
+            try:
+                breaker.check()
+            except StoreUnavailable as error:
+                future.set_exception(error)
+                return future
         self._queued.append((packed, _Waiter(count, future)))
         self.submitted += 1
         if not self._scheduled:
@@ -248,7 +268,13 @@ class RedisPipe:
 
     def _late(self, waiter: _Waiter) -> None:
         if not waiter.future.done():
-            self._fail(TimeoutError(f"no reply from Redis within {self.timeout} s"))
+            error = TimeoutError(f"no reply from Redis within {self.timeout} s")
+            breaker = self.breaker
+            if breaker is not None:
+                breaker.trip(error)
+            # Requests queued behind the late write would go out on a new connection and wait
+            # a deadline of their own: with the breaker open they fail now, like later ones.
+            self._fail(error, queued_too=breaker is not None and breaker.is_open())
 
     async def _connect(self) -> None:
         assert self._loop is not None
@@ -281,6 +307,8 @@ class RedisPipe:
         except Exception as error:
             self._connecting = None
             failure: Exception = error
+            if isinstance(error, TimeoutError) and self.breaker is not None:
+                self.breaker.trip(error)  # connecting (or AUTH, SELECT) missed the deadline
             if not isinstance(error, RedisConnectionError | TimeoutError):
                 where = f"{self.host}:{self.port}"
                 failure = RedisConnectionError(

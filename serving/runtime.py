@@ -9,6 +9,13 @@ Each part that fails to load leaves the runtime *degraded*, not dead: ``/decide`
 ``handle_event`` is ``/events``: fold the event into the customer's realtime state
 (``features.events``), push it through the Feast PushSource before answering (so the next
 ``/decide`` sees it), and append it to the event log for training.
+
+Deadlines (``serving.deadline``): every store the runtime opens gets
+``NBA_STORE_TIMEOUT_SECONDS`` through its own client options (Feast's Redis client and SQLite
+reader, the PostgreSQL registry, the promo history, the budget, the awaited ``/decide``
+connection). Calls go through one ``Breaker`` per store server (``NBA_STORE_COOLDOWN_SECONDS``;
+Redis's is shared by the features, the promo history and the budget): after a missed deadline,
+decisions, ``/events`` and the readiness probe fail at once instead of waiting again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import pandas as pd
 from features import decision_log, schema
 from features.events import apply_event
 from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
+from serving.deadline import Breaker
 from serving.decider import Decider, LoadedModel
 from serving.guardrails import load_rules
 from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
@@ -122,33 +130,43 @@ def compile_for_batches(model: LoadedModel, settings: Any) -> int:
         return 0
 
 
-def open_promo_history(settings: Any) -> PromoHistory:
+def open_promo_history(settings: Any, breaker: Breaker | None = None) -> PromoHistory:
     """The promo history of ``settings.promo_store``: one SQLite file per host, or Redis.
 
     Redis keys are prefixed with the environment name so that two deployments (or test runs)
-    sharing a Redis never count each other's promos.
+    sharing a Redis never count each other's promos. Every call has the deadline
+    ``settings.store_timeout_seconds`` (Redis socket timeouts, SQLite's busy timeout); on Redis,
+    ``breaker`` (the Redis server's) fails calls fast after a missed deadline.
     """
+    timeout = settings.store_timeout_seconds
     if settings.promo_store == "redis":
         return RedisPromoHistory(
-            redis_client(settings.redis_url), prefix=f"nba:{settings.environment}:promos:"
+            redis_client(settings.redis_url, timeout),
+            prefix=f"nba:{settings.environment}:promos:",
+            breaker=breaker,
         )
-    return SqlitePromoHistory(Path(settings.promo_history_path))
+    return SqlitePromoHistory(Path(settings.promo_history_path), timeout=timeout)
 
 
-def open_apology_budget(settings: Any) -> DailyBudget:
+def open_apology_budget(settings: Any, breaker: Breaker | None = None) -> DailyBudget:
     """The paced apology budget, counted where the promo history is (``settings.promo_store``).
 
     Every worker of the host shares one count (a table in the promo history's SQLite file), or
     every host does (Redis, keys prefixed with the environment name like the promo keys), so
-    the whole service grants at most ``apology_budget_per_day`` credits a UTC day.
+    the whole service grants at most ``apology_budget_per_day`` credits a UTC day. Every call
+    has the deadline ``settings.store_timeout_seconds``; a missed one grants no credit (and on
+    Redis opens ``breaker``, as in ``open_promo_history``).
     """
     counter: BudgetCounter
+    timeout = settings.store_timeout_seconds
     if settings.promo_store == "redis":
         counter = RedisBudgetCounter(
-            redis_client(settings.redis_url), prefix=f"nba:{settings.environment}:apology:"
+            redis_client(settings.redis_url, timeout),
+            prefix=f"nba:{settings.environment}:apology:",
+            breaker=breaker,
         )
     else:
-        counter = SqliteBudgetCounter(Path(settings.promo_history_path))
+        counter = SqliteBudgetCounter(Path(settings.promo_history_path), timeout=timeout)
     return DailyBudget(settings.apology_budget_per_day, lambda: datetime.now(UTC), counter=counter)
 
 
@@ -164,6 +182,9 @@ class Runtime:
     problems: list[str] = field(default_factory=list)
     #: ``/decide``'s awaited store calls (``Decider.decide_async``), or None: blocking calls.
     decision_io: PipelinedDecisionIO | None = None
+    #: The feature store's breaker (``serving.deadline``): its calls fail fast for a while
+    #: after one missed its deadline (Redis's breaker when the features are on Redis).
+    breaker: Breaker = field(default_factory=lambda: Breaker("feature store", 0.0))
     _probe: tuple[float, bool, str] = (0.0, False, "not checked")
     _push_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -185,8 +206,14 @@ class Runtime:
         if model is not None and settings.compiled_trees:
             compile_for_batches(model, settings)
         adapter = reader = None
+        # One breaker per store server: the features share Redis's with the promo history and
+        # the budget (NBA_REDIS_URL is everyone's Redis); SQLite files wait on locks, not on a
+        # server, and a locked feature file must not block the promo file's calls.
+        cooldown = settings.store_cooldown_seconds
+        redis_breaker = Breaker("Redis", cooldown)
+        breaker = redis_breaker if settings.online_store == "redis" else Breaker("SQLite", cooldown)
         try:
-            adapter = settings.feast_adapter()
+            adapter = settings.feast_adapter().with_timeout(settings.store_timeout_seconds)
             reader = adapter.direct_reader()
         except Exception as error:
             problems.append(f"feature store not opened: {type(error).__name__}: {error}")
@@ -195,17 +222,17 @@ class Runtime:
         def read(customer_id: str) -> Mapping[str, Any]:
             if reader is None:
                 raise RuntimeError("feature store not opened")
-            return reader.read(customer_id)
+            return breaker.call(reader.read, customer_id)
 
         def read_many(ids: Any) -> Any:
             if reader is None:
                 raise RuntimeError("feature store not opened")
-            return reader.read_many(ids)
+            return breaker.call(reader.read_many, ids)
 
         def read_columns(ids: Any) -> Any:
             if reader is None:
                 raise RuntimeError("feature store not opened")
-            return reader.read_columns(ids)
+            return breaker.call(reader.read_columns, ids)
 
         flush = settings.log_flush_seconds
         decision_writer = LogWriter(
@@ -214,15 +241,25 @@ class Runtime:
         event_writer = LogWriter(
             Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts", flush
         )
-        budget = open_apology_budget(settings)
-        history = open_promo_history(settings)
+        budget = open_apology_budget(settings, redis_breaker)
+        history = open_promo_history(settings, redis_breaker)
         # Production profile: a decision's features, promo count and budget in one Redis round
         # trip when all three live on one server (serving.redisreads); else three calls.
         one_trip = None
         if reader is not None:
             one_trip = one_round_trip(reader.store_rows, history, budget)
-        # On the event loop, concurrent /decide requests share Redis round trips.
-        decision_io = pipelined(one_trip) if one_trip and settings.redis_pipelining else None
+        read_context = None
+        if one_trip is not None:
+            trip = one_trip
+
+            def read_context(customer_id: str, now: datetime) -> tuple[Any, int | None, int]:
+                return breaker.call(trip, customer_id, now)
+
+        # On the event loop, concurrent /decide requests share Redis round trips; the
+        # connection has the same deadline and breaker as the blocking calls.
+        decision_io = None
+        if one_trip and settings.redis_pipelining:
+            decision_io = pipelined(one_trip, settings.store_timeout_seconds, breaker)
         decider = Decider(
             model=model,
             read=read,
@@ -231,14 +268,15 @@ class Runtime:
             costs=settings.action_costs(),
             budget=budget,
             history=history,
-            read_context=one_trip,
+            read_context=read_context,
             log=decision_writer.append,
             read_columns=read_columns,
             log_columns=decision_writer.append_columns,
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
         )
-        return cls(decider, adapter, reader, decision_writer, event_writer, problems, decision_io)
+        return cls(decider, adapter, reader, decision_writer, event_writer, problems, decision_io,
+                   breaker)  # fmt: skip
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): a model is loaded and the feature store answers a read."""
@@ -251,7 +289,8 @@ class Runtime:
         try:
             if self.reader is None:
                 raise RuntimeError("feature store not opened")
-            self.reader.read("__nba_readiness_probe__")
+            # Through the breaker: right after a missed deadline the probe answers at once.
+            self.breaker.call(self.reader.read, "__nba_readiness_probe__")
             ok, why = True, "ready"
         except Exception as error:
             ok, why = False, f"feature store unreachable: {type(error).__name__}: {error}"
@@ -266,12 +305,14 @@ class Runtime:
         """
         if self.adapter is None or self.reader is None:
             raise RuntimeError("feature store not opened")
+        self.breaker.check()  # a store that just missed a deadline: 503 at once, not after one
         customer_id = str(event["customer_id"])
         fields = {k: v for k, v in event.items() if v is not None}
         # Read-fold-push under a lock: two events for one customer at once must not both start
         # from the same old state (across workers the realtime timestamp still never decreases).
         with self._push_lock:
-            [(stored, state_ts)] = self.reader.read_with_timestamps([customer_id])
+            [(stored, state_ts)] = self.breaker.call(self.reader.read_with_timestamps,
+                                                     [customer_id])  # fmt: skip
             state = {k: stored.get(k) for k in schema.REALTIME}
             new, push_ts = apply_event(state, state_ts, fields)
             row = {schema.ENTITY: customer_id, schema.EVENT_TIMESTAMP: push_ts, **new}
@@ -279,7 +320,7 @@ class Runtime:
             for name, kind in schema.REALTIME.items():
                 if kind == "timestamp":
                     frame[name] = pd.to_datetime(frame[name], utc=True)
-            self.adapter.push(frame)
+            self.breaker.call(self.adapter.push, frame)
         event_id = f"e-{uuid.uuid4().hex}"
         payload = {k: v for k, v in fields.items() if k not in ("customer_id", "type", "ts")}
         self.event_writer.append(

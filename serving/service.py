@@ -19,6 +19,11 @@ other routes.
 Auth: every route but ``/healthz``, ``/readyz`` (and BentoML's ``/livez``) needs a key from
 ``NBA_API_KEYS`` in ``X-API-Key``; the docs page and its assets are public documentation, not
 data. ``/healthz`` and ``/readyz`` are answered by ``Gate`` with a JSON body saying why.
+
+Deadlines: ``/healthz`` (liveness) never touches a store. Every store call has its own deadline
+(``NBA_STORE_TIMEOUT_SECONDS``, ``serving.runtime``); on top of that ``/readyz`` and ``/events``,
+which run their store calls in a thread, answer 503 after ``NBA_REQUEST_TIMEOUT_SECONDS`` at
+the latest, whatever the thread is waiting for.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import gc
 import hmac
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Final
 
@@ -113,7 +119,7 @@ class Gate:
         settings = _Holder.settings
         runtime = _Holder.runtime
         if path in ("/healthz", "/readyz"):
-            await self._health(path, runtime, send)
+            await self._health(path, runtime, send, _request_timeout(settings))
             return
         if path == "/docs.json":
             await _reply(send, 200, _docs_json())
@@ -139,7 +145,8 @@ class Gate:
                 await _reply(send, *_json(error.status, error.body))
                 return
             if settings.fast_path and path in REQUEST_MODELS:
-                status, payload = await self._answer(path, body, runtime)
+                status, payload = await self._answer(path, body, runtime,
+                                                     _request_timeout(settings))  # fmt: skip
                 await _reply(send, status, payload)
                 return
             await self.app(scope, _replay(body), send)
@@ -157,18 +164,24 @@ class Gate:
         return bool(given) and any(hmac.compare_digest(given, k.encode()) for k in keys)
 
     @staticmethod
-    async def _health(path: str, runtime: Runtime | None, send: Send) -> None:
-        if path == "/healthz":
+    async def _health(path: str, runtime: Runtime | None, send: Send, timeout: float) -> None:
+        if path == "/healthz":  # liveness: this process answers; no store is asked
             await _reply(send, *_json(200, {"status": "alive"}))
             return
         if runtime is None:
             await _reply(send, *_json(503, {"ready": False, "detail": "starting"}))
             return
-        ready, why = await asyncio.to_thread(runtime.readiness)
+        try:
+            ready, why = await asyncio.wait_for(asyncio.to_thread(runtime.readiness), timeout)
+        except TimeoutError:
+            ready, why = False, f"readiness probe gave no answer within {timeout:g} s"
+
         await _reply(send, *_json(200 if ready else 503, {"ready": ready, "detail": why}))
 
     @staticmethod
-    async def _answer(path: str, body: bytes, runtime: Runtime | None) -> tuple[int, bytes]:
+    async def _answer(
+        path: str, body: bytes, runtime: Runtime | None, timeout: float
+    ) -> tuple[int, bytes]:
         if runtime is None:
             return _json(503, {"error": "service starting", "detail": None})
         try:
@@ -195,11 +208,18 @@ class Gate:
                 return _json(200, {"decisions": decisions})
             event = parse(Event, body)
             try:
-                ack = await asyncio.to_thread(runtime.handle_event, event.model_dump())
+                ack = await asyncio.wait_for(
+                    asyncio.to_thread(runtime.handle_event, event.model_dump()), timeout
+                )
             except ValueError as error:  # the event does not fit the customer's state
                 return _json(422, {"error": str(error), "detail": {"field": "type"}})
+            except TimeoutError:  # wait_for's own: the store calls outlived the deadline
+                _error_now_and_then("TimeoutError", f"no answer within {timeout:g} s")
+                return _json(503, {"error": "feature store did not answer in time: event not "
+                                   f"applied (within {timeout:g} s)",
+                                   "detail": "TimeoutError"})  # fmt: skip
             except Exception as error:  # any store failure: never acknowledge an unseen event
-                logger.error("event not applied: %s", type(error).__name__)
+                _error_now_and_then(type(error).__name__, type(error).__name__)
                 return _json(503, {"error": "feature store unavailable: event not applied",
                                    "detail": type(error).__name__})  # fmt: skip
             return _json(200, ack)
@@ -240,6 +260,25 @@ async def _validate(path: str, body: bytes) -> None:
         await asyncio.to_thread(parse, model, body)
     else:
         parse(model, body)
+
+
+#: Each cause of an event not applied is logged at most once per this many seconds: a hung
+#: store fails every event at once (``serving.deadline``), and must not flood the log.
+LOG_EVERY_SECONDS: Final = 10.0
+_last_logged: dict[str, float] = {}
+
+
+def _error_now_and_then(cause: str, detail: str) -> None:
+    """Log "event not applied" for ``cause``, unless it was logged in the last 10 s."""
+    now = time.monotonic()
+    if now - _last_logged.get(cause, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+        _last_logged[cause] = now
+        logger.error("event not applied: %s", detail)
+
+
+def _request_timeout(settings: Any) -> float:
+    """The settings' bound on ``/readyz`` and ``/events`` (2 s before the settings are read)."""
+    return float(getattr(settings, "request_timeout_seconds", 2.0))
 
 
 def _answer_batch(body: bytes, runtime: Runtime) -> tuple[int, bytes]:

@@ -250,7 +250,7 @@ def test_gate_refuses_hostile_bodies_on_both_paths(gate: Any, case: str) -> None
 
 
 @pytest.mark.parametrize("content_type", [b"text/plain", b"application/x-www-form-urlencoded",
-                                          b"application/jsonp", b"multipart/form-data"])  # fmt: skip
+                                          b"application/jsonp", b"multipart/form"])  # fmt: skip
 def test_gate_answers_415_unless_json(gate: Any, content_type: bytes | None) -> None:
     status, answer = call(gate, "/decide", b'{"customer_id": "C1"}', content_type)
     assert status == 415

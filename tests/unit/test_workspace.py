@@ -236,3 +236,27 @@ def test_verbose_leaves_the_libraries_on_the_terminal(
     restore()
     assert "library line" in capsys.readouterr().out
     assert not (tmp_path / "nba.log").exists()
+
+
+# ------------------------------------------------------------------- the service's settings
+
+
+def test_the_service_settings_carry_every_setting_the_service_reads() -> None:
+    import re
+
+    from serving.config import ServiceSettings, from_environment
+
+    settings = load_settings(home=REPO_ROOT)
+    service = ServiceSettings.of(settings)
+    read = set()
+    for path in (REPO_ROOT / "serving").glob("*.py"):
+        read |= set(re.findall(r"settings\.([a-z_]+)", path.read_text()))
+        read |= set(re.findall(r"getattr\(settings, \"([a-z_]+)\"", path.read_text()))
+    read -= {"model_dump"}
+    missing = sorted(name for name in read if not hasattr(service, name))
+    assert not missing, f"serving reads settings that ServiceSettings lacks: {missing}"
+    # The round trip nba serve makes through the environment.
+    again = from_environment({"NBA_SERVICE_SETTINGS": service.model_dump_json()})
+    assert again == service and again.feature_store_yaml == settings.feature_store_yaml
+    with pytest.raises(RuntimeError, match="nba serve"):
+        from_environment({})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -406,7 +406,7 @@ class Settings(BaseSettings):
                             registry_url=self.registry_url)  # fmt: skip
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build the settings: overrides, the environment, ``NBA_SETTINGS_FILE``, ``nba.yaml``."""
     env_file = os.environ.get("NBA_SETTINGS_FILE")
     return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

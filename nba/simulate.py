@@ -47,6 +47,9 @@ CABIN_MILES = np.array([1.0, 1.25, 1.5, 2.0])
 CASE_CHANNELS = np.array(["email", "phone", "chat", "social"], dtype=object)
 BACKGROUND_TOPICS = np.array(["baggage", "refund", "seat", "service", "other"], dtype=object)
 
+#: A missing value in an object column (np.where's typed stand-in for None).
+_NONE = np.array(None, dtype=object)
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -469,8 +472,8 @@ def _web(
             "session_id": _ids("S", ns)[session],
             "ts": _utc(ts),
             "event_type": kind,
-            "origin": np.where(is_search, origin[session], None),
-            "destination": np.where(is_search, dest[session], None),
+            "origin": np.where(is_search, origin[session], _NONE),
+            "destination": np.where(is_search, dest[session], _NONE),
         }
     )
     return frame

@@ -832,7 +832,7 @@ def _record_promos(history: PromoHistory, ids: list[str], now: datetime) -> None
 
 def _finite_list(array: np.ndarray) -> list[Any]:
     """``array`` as (nested) Python lists, None for NaN and infinities (JSON has neither)."""
-    return np.where(np.isfinite(array), array, None).tolist()
+    return np.where(np.isfinite(array), array, np.array(None, dtype=object)).tolist()
 
 
 def _decision_ids(n: int) -> list[str]:

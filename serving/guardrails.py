@@ -189,8 +189,8 @@ def _read_column(column: pd.Series, kind: str) -> tuple[np.ndarray, np.ndarray]:
         read = [_read_bool(v) for v in column.to_numpy(dtype=object)]
         known = np.array([v is not None for v in read], dtype=bool)
         return np.array([bool(v) for v in read], dtype=bool), known
-    read = [_read_string(v) for v in column.to_numpy(dtype=object)]
-    return np.array(read, dtype=object), np.array([v is not None for v in read], dtype=bool)
+    texts = [_read_string(v) for v in column.to_numpy(dtype=object)]
+    return np.array(texts, dtype=object), np.array([v is not None for v in texts], dtype=bool)
 
 
 # --- Conditions -----------------------------------------------------------------------------------

@@ -151,8 +151,8 @@ def arbitrate(
             continue
         value = _as_float(values.get(action))
         by = tuple(blocked.get(action, ()))
-        eligible = not by and math.isfinite(value)
-        rows.append(Ranked(action, eligible, _as_float(uplifts.get(action)), value, by))
+        ok = not by and math.isfinite(value)
+        rows.append(Ranked(action, ok, _as_float(uplifts.get(action)), value, by))
     ranking = tuple(sorted(rows, key=_rank_key))
     eligible = [r for r in ranking if r.eligible]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Final
+from typing import Any, Final
 
 import lightgbm as lgb
 import numpy as np
@@ -95,5 +95,5 @@ class RowPredictor:
         if handle is not None and handle.value:
             _LIB.LGBM_FastConfigFree(handle)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("RowPredictor holds a process-local handle: build it after loading")

@@ -85,7 +85,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -819,7 +819,7 @@ class MultiActionUplift(BaseEstimator):
                                           pred_contrib=True, num_threads=1)  # fmt: skip
                 # Drop the action columns: their difference is the action's own effect, kept in
                 # "bias" so that the row still sums to the log-odds uplift.
-                diff = (contrib - control)[0]
+                diff = (np.asarray(contrib) - np.asarray(control))[0]
                 features, action_part = diff[: len(self.feature_names_)], diff[-(k + 1) : -1]
                 rows.append(np.r_[features, diff[-1] + action_part.sum()])
             return pd.DataFrame(
@@ -830,8 +830,8 @@ class MultiActionUplift(BaseEstimator):
                 X_arr, pred_contrib=True, num_threads=1
             )
             if self.method == "t":
-                contrib = contrib - self.base_models_["converted"].predict(
-                    X_arr, pred_contrib=True, num_threads=1
+                contrib = np.asarray(contrib) - np.asarray(
+                    self.base_models_["converted"].predict(X_arr, pred_contrib=True, num_threads=1)
                 )
             rows.append(contrib[0])
         return pd.DataFrame(
@@ -886,7 +886,7 @@ def _predict(booster: lgb.Booster, X: Array, threads: int = 1) -> Array:
     OpenMP spin per call here). From ``PARALLEL_PREDICT_ROWS`` rows, the rows are split across
     ``threads`` Python threads (LightGBM releases the GIL while predicting): same result."""
     if threads <= 1 or len(X) < PARALLEL_PREDICT_ROWS:
-        return booster.predict(X, num_threads=1)
+        return np.asarray(booster.predict(X, num_threads=1))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         parts = pool.map(
             lambda part: booster.predict(part, num_threads=1), np.array_split(X, threads)
@@ -928,7 +928,7 @@ def _subset(binned: lgb.Dataset, rows: Array, label: Array, weight: Array | None
     return subset
 
 
-def _lgb_names(names: list[str]) -> list[str] | str:
+def _lgb_names(names: list[str]) -> list[str] | Literal["auto"]:
     """Feature names LightGBM accepts (it rejects JSON punctuation); ``"auto"`` if unsafe ones
     would collide after cleaning. ``feature_names_`` keeps the originals either way."""
     clean = [_UNSAFE_NAME.sub("_", name) or "_" for name in names]

@@ -243,6 +243,12 @@ class Settings(BaseSettings):
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
+    drift_min_rows: int = Field(
+        default=200,
+        ge=1,
+        description="nba drift judges a window of at least this many decisions; below it, it "
+        "reports the figures but never alerts (exit 7, status too_few_decisions).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -345,6 +351,7 @@ class Settings(BaseSettings):
             method=self.drift_method,
             column_threshold=self.drift_column_threshold,
             sample_rows=self.drift_sample_rows,
+            min_rows=self.drift_min_rows,
         )
 
     @property

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from features.decision_log import DECISION_SCHEMA, write_part
 from monitoring.drift import EXIT_TOO_FEW, DriftConfig, run_drift
-from tests.unit.test_drift import reference_frame, window_frame
+from tests.unit.test_drift import nba, reference_frame, window_frame
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +57,28 @@ def test_report_header_and_panels(tmp_path: Path) -> None:
     metrics = json.loads(result.run.snapshot.json())["metrics"]
     kinds = {m["config"]["type"].rsplit(":", 1)[-1] for m in metrics}
     assert {"RowCount", "CategoryCount", "MeanValue", "ValueDrift"} <= kinds
+
+
+def test_the_command_on_a_small_window_exits_7_and_writes_why(tmp_path: Path) -> None:
+    now = pd.Timestamp.now(tz="UTC")
+    rows = window_frame(n=20).assign(decided_at=now - pd.Timedelta(hours=1))
+    rows = rows.assign(decision_id=[f"d{i}" for i in range(20)], customer_id="C1")
+    records = rows[[c for c in rows.columns if c in DECISION_SCHEMA.names]].to_dict("records")
+    write_part(tmp_path / "log", records, DECISION_SCHEMA, "decided_at", 0)
+    reference_frame().to_parquet(tmp_path / "ref.parquet")
+    env = {"NBA_DRIFT_REPORT_DIR": str(tmp_path / "reports"), "NBA_DRIFT_MIN_ROWS": "50"}
+    args = ["drift", "--log-dir", "log", "--reference", "ref.parquet", "--no-mlflow",
+            "--no-workspace"]  # fmt: skip
+    result = nba(*args, cwd=tmp_path, env=env)
+
+    assert result.returncode == EXIT_TOO_FEW, result.stderr
+    assert "NOT JUDGED: 20 decisions" in result.stdout
+    assert "too few decisions to judge drift: 20 decisions in the window, at least 50" in (
+        " ".join(result.stdout.split())
+    )
+    summary = json.loads(next((tmp_path / "reports").glob("drift-*.json")).read_text())
+    assert summary["status"] == "too_few_decisions" and summary["alerts"] == []
+    assert summary["thresholds"]["min_rows"] == 50
+    assert "20 decisions in the window" in summary["sample_warning"]
+    html = Path(summary["report"]).read_text()
+    assert "NOT JUDGED: too few decisions" in html and "ref.parquet" in html

@@ -24,6 +24,16 @@ Thresholds (``DriftConfig``): the run alerts (exit code ``EXIT_DRIFT``) when the
 features is at least ``feature_share``, or when a preferred-action share moved by more than
 ``action_share`` (absolute) from the reference.
 
+Small windows: below ``min_rows`` decisions (``NBA_DRIFT_MIN_ROWS``, default 200) the run never
+alerts. On a handful of rows every distribution looks shifted (three decisions "drift" on 29 of
+30 features) and one decision moves an action share by a third: such a verdict is noise. The
+report and the summary are still written, with the status ``too_few_decisions``, the sample
+warning, and the alerts the thresholds would have raised (``suppressed_alerts``); the exit code
+is ``EXIT_TOO_FEW`` so that a scheduler can tell "not judged" from "no drift".
+
+Columns that hold one and the same value on both sides (the uplift and value of ``none``, the
+control, are always 0) carry no information: they are not compared and not plotted.
+
 Large windows: the engine sees a uniform random sample (seeded) of at most ``sample_rows`` rows
 of each side; the drift scores are effect sizes, whose sampling error at 100k rows (about 0.005
 for the normed Wasserstein distance) is far below the 0.1 threshold. Counts, the action mix,
@@ -50,6 +60,12 @@ EXIT_DRIFT: Final = 3
 EXIT_EMPTY_WINDOW: Final = 4
 EXIT_MISSING_COLUMNS: Final = 5
 EXIT_NO_REFERENCE: Final = 6
+EXIT_TOO_FEW: Final = 7
+
+#: Status of a summary: no alert, alerts, or too few decisions to judge.
+STATUS_OK: Final = "ok"
+STATUS_DRIFT: Final = "drift"
+STATUS_TOO_FEW: Final = "too_few_decisions"
 
 #: Distance-like drift methods of Evidently (higher is more drift; drifted when >= threshold).
 #: P-value tests (ks, chisquare, ...) would flag everything on a million rows: not offered.
@@ -104,6 +120,7 @@ class DriftConfig:
     column_threshold: float = 0.1
     sample_rows: int = 100_000
     seed: int = 0
+    min_rows: int = 200
 
     def __post_init__(self) -> None:
         if self.method not in DISTANCE_METHODS:
@@ -114,6 +131,8 @@ class DriftConfig:
             raise ValueError(f"action_share must be in (0, 1], got {self.action_share}")
         if self.sample_rows < 1000:
             raise ValueError(f"sample_rows must be at least 1000, got {self.sample_rows}")
+        if self.min_rows < 1:
+            raise ValueError(f"min_rows must be at least 1, got {self.min_rows}")
 
 
 class EngineRun(Protocol):
@@ -121,8 +140,9 @@ class EngineRun(Protocol):
 
     scores: Mapping[str, float]
 
-    def save_html(self, path: Path) -> None:
-        """Write the report as a self-contained HTML file."""
+    def save_html(self, path: Path, summary: Mapping[str, Any]) -> None:
+        """Write the report as a self-contained HTML file, headed by the run's ``summary``
+        (window, model, reference, status, sample warning, action mix)."""
         ...
 
 
@@ -243,15 +263,27 @@ def run_drift(
     cur_all = monitored(window, reference=False)
     ref = sample_rows(ref_all, config.sample_rows, config.seed)
     cur = sample_rows(cur_all, config.sample_rows, config.seed + 1)
-    # The engine needs values on both sides; the rest is judged here (see _columns).
-    usable = [c for c in (*FEATURE_COLUMNS, *PREDICTION_COLUMNS)
-              if ref[c].notna().any() and cur[c].notna().any()]  # fmt: skip
+    # The engine needs values on both sides, and something to compare: a column holding one
+    # value on both sides (the control's uplift, always 0) would only draw a flat line. The
+    # rest is judged here (see _columns).
+    usable = [
+        c
+        for c in (*FEATURE_COLUMNS, *PREDICTION_COLUMNS)
+        if ref[c].notna().any() and cur[c].notna().any() and not _constant(ref, cur, c)
+    ]
     features = [c for c in FEATURE_COLUMNS if c in usable]
     predictions = [c for c in PREDICTION_COLUMNS if c in usable]
     run = engine.run(ref, cur, features, predictions, config, meta)
     summary = summarize(ref_all, cur_all, window, dict(run.scores), config, meta,
                         sampled=(len(ref), len(cur)))  # fmt: skip
-    return DriftResult(summary, EXIT_DRIFT if summary["alerts"] else EXIT_OK, run)
+    codes = {STATUS_OK: EXIT_OK, STATUS_DRIFT: EXIT_DRIFT, STATUS_TOO_FEW: EXIT_TOO_FEW}
+    return DriftResult(summary, codes[summary["status"]], run)
+
+
+def _constant(ref: pd.DataFrame, cur: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` holds one and the same value on both sides (missing values aside)."""
+    values = pd.concat([ref[column], cur[column]]).dropna()
+    return len(values) > 0 and bool((values == values.iloc[0]).all())
 
 
 def _columns(
@@ -269,6 +301,8 @@ def _columns(
         score = scores.get(name)
         if score is not None and math.isfinite(score):
             drifted, note = bool(score >= threshold), ""
+        elif ref_missing < 1.0 and cur_missing < 1.0 and _constant(ref, cur, name):
+            score, drifted, note = None, False, "one constant value on both sides: not compared"
         elif ref_missing < 1.0 and cur_missing == 1.0:
             score, drifted, note = None, True, "no values in the window (stopped arriving?)"
         elif ref_missing == 1.0 and cur_missing < 1.0:
@@ -370,13 +404,22 @@ def summarize(
                 f"({row['reference_share']:.1%} -> {row['preferred_share']:.1%}; "
                 f"threshold {config.action_share:.0%})"
             )
+    suppressed: list[str] = []
+    enough = len(window) >= config.min_rows
+    if not enough:
+        # Refuse to judge a handful of decisions (module docstring): keep what would have
+        # alerted, for the reader, but raise nothing.
+        suppressed, alerts = alerts, []
+    status = STATUS_DRIFT if alerts else STATUS_OK if enough else STATUS_TOO_FEW
     degraded = window["degraded"].fillna(False).astype(bool)
     versions = window.get("model_version", pd.Series(dtype=object)).fillna("none").value_counts()
     reasons = window.loc[degraded.to_numpy(), "degraded_reason"] if "degraded_reason" in window \
         else pd.Series(dtype=object)  # fmt: skip
     return {
-        "status": "drift" if alerts else "ok",
+        "status": status,
         "alerts": alerts,
+        "sample_warning": None if enough else sample_warning(len(window), config.min_rows),
+        "suppressed_alerts": suppressed,
         **meta,
         "window_rows": len(window),
         "reference_rows": len(ref),
@@ -387,6 +430,7 @@ def summarize(
             "method": config.method,
             "column_threshold": config.column_threshold,
             "sample_rows": config.sample_rows,
+            "min_rows": config.min_rows,
         },
         "features": features,
         "predictions": predictions,
@@ -404,6 +448,16 @@ def summarize(
     }
 
 
+def sample_warning(rows: int, min_rows: int) -> str:
+    """The plain sentence of a window too small to judge."""
+    noun = "decision" if rows == 1 else "decisions"
+    return (
+        f"too few decisions to judge drift: {rows:,} {noun} in the window, at least "
+        f"{min_rows:,} needed (NBA_DRIFT_MIN_ROWS); no alert is raised, the figures are shown "
+        "for information only"
+    )
+
+
 def metrics_of(summary: Mapping[str, Any]) -> dict[str, float]:
     """Flat numeric figures of a summary, for MLflow metrics."""
     out = {
@@ -413,6 +467,7 @@ def metrics_of(summary: Mapping[str, Any]) -> dict[str, float]:
         "drifted_prediction_share": float(summary["predictions"]["share"]),
         "degraded_share": float(summary["degraded"]["share"]),
         "alert": float(bool(summary["alerts"])),
+        "too_few_decisions": float(summary["status"] == STATUS_TOO_FEW),
     }
     for row in summary["actions"]:
         out[f"reference_share_{row['action']}"] = row["reference_share"]

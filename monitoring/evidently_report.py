@@ -11,6 +11,13 @@
   after guardrails; on the reference, the same learned choice), ``MeanValue`` of ``degraded``
   and of each ``blocked_<a>`` (window only), and ``RowCount``.
 
+The HTML report is Evidently's rendering of the drift widgets only, under a header built from
+the run's summary: the window, the model served in it, the reference, the status (with the
+sample warning of a small window), the alerts, the action mix and the guardrail figures, with
+counts as integers and "-" where a figure is absent. The count, mean and row-count metrics stay
+in the snapshot (the workspace dashboard plots them) but are not drawn: Evidently prints counts
+as floats ("1425.0") and the reference's unknown block rates as "nan".
+
 Each snapshot can be added to a local workspace (one project per environment) whose dashboard
 shows these figures over time: ``evidently ui --workspace DIR``.
 """
@@ -18,6 +25,7 @@ shows these figures over time: ``evidently ui --workspace DIR``.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +48,23 @@ class EvidentlyRun:
 
     snapshot: Any = field(repr=False)
     scores: dict[str, float]
+    #: Fingerprints of the metrics kept for the dashboard but not drawn in the HTML report.
+    undrawn: frozenset[str] = frozenset()
 
-    def save_html(self, path: Path) -> None:
-        """Write the self-contained HTML report (opens in any browser, no server)."""
+    def save_html(self, path: Path, summary: Mapping[str, Any]) -> None:
+        """Write the self-contained HTML report (opens in any browser, no server): the header
+        of ``summary`` (``monitoring.drift.summarize``), then Evidently's drift widgets."""
+        from evidently.core.metric_types import render_widgets
+        from evidently.legacy.renderers.html_widgets import group_widget
+
+        drawn = [
+            w
+            for w in self.snapshot.to_snapshot_model().widgets
+            if not set(w.linked_metrics or ()) & self.undrawn
+        ]
+        html = render_widgets([group_widget(title="", widgets=[*header(summary), *drawn])])
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.snapshot.save_html(str(path))
+        path.write_text(html, encoding="utf-8")
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot's metrics as JSON-safe data."""
@@ -82,10 +102,14 @@ class EvidentlyDrift:
         # Predictions as single ValueDrift metrics (a distribution plot each): a second preset
         # would add a second DriftedColumnsCount the dashboard could not tell from the first.
         metrics += [ValueDrift(column=c, **drift) for c in predictions]
-        metrics += [CategoryCount(column="preferred_action", category=a) for a in ACTIONS]
-        metrics += [CategoryCount(column="action", category=a) for a in ACTIONS]
-        metrics += [MeanValue(column="degraded"), *[MeanValue(column=c) for c in BLOCKED_COLUMNS]]
-        metrics.append(RowCount())
+        figures: list[Any] = [
+            *[CategoryCount(column="preferred_action", category=a) for a in ACTIONS],
+            *[CategoryCount(column="action", category=a) for a in ACTIONS],
+            MeanValue(column="degraded"),
+            *[MeanValue(column=c) for c in BLOCKED_COLUMNS],
+            RowCount(),
+        ]
+        metrics += figures
         report = Report(metrics, metadata=dict(meta), tags=[SNAPSHOT_TAG])
         with warnings.catch_warnings():
             # Block rates are unknown on the reference (all NaN): Evidently warns on 0/0.
@@ -95,7 +119,151 @@ class EvidentlyDrift:
                 Dataset.from_pandas(reference[columns], data_definition=definition),
                 timestamp=_timestamp(meta),
             )
-        return EvidentlyRun(snapshot, _scores(json.loads(snapshot.json())))
+        undrawn = frozenset(m.get_fingerprint() for m in figures)
+        return EvidentlyRun(snapshot, _scores(json.loads(snapshot.json())), undrawn)
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _text(value: Any, pct: bool = False) -> str:
+    """A figure for the header: integers as integers, shares as percentages, "-" if absent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if pct:
+        return f"{value:.1%}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return f"{int(value):,}"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper case (``str.capitalize`` lowers the rest)."""
+    return text[:1].upper() + text[1:]
+
+
+def _when(value: Any) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM UTC`` ("-" if absent)."""
+    if not value:
+        return "-"
+    return f"{pd.Timestamp(value).tz_convert('UTC'):%Y-%m-%d %H:%M} UTC"
+
+
+def header(summary: Mapping[str, Any]) -> list[Any]:
+    """Evidently widgets naming the run (window, model, reference, status) and the figures
+    that are not drift scores (action mix, guardrails, degraded share)."""
+    from evidently.legacy.renderers.html_widgets import (
+        CounterData,
+        WidgetSize,
+        counter,
+        header_text,
+        table_data,
+        text_widget,
+    )
+
+    served = summary.get("model_versions") or {}
+    model = ", ".join(f"version {v} ({_text(n)} decisions)" for v, n in served.items()) or "-"
+    reference = summary.get("reference") or "-"
+    if summary.get("reference_run"):
+        reference += f" (training run {str(summary['reference_run'])[:12]})"
+    status = {
+        "ok": "no drift past the thresholds",
+        "drift": "DRIFT",
+        "too_few_decisions": "NOT JUDGED: too few decisions",
+    }
+    widgets = [
+        header_text(
+            label=f"nba drift: decision log {_when(summary.get('window_start'))} to "
+            f"{_when(summary.get('window_end'))}"
+        ),
+        counter(
+            counters=[
+                CounterData("window start", _when(summary.get("window_start"))),
+                CounterData("window end", _when(summary.get("window_end"))),
+                CounterData("decisions in the window", _text(summary.get("window_rows"))),
+                CounterData("reference rows", _text(summary.get("reference_rows"))),
+            ]
+        ),
+        counter(
+            counters=[
+                CounterData("model served in the window", model),
+                CounterData("reference (training data of)", reference),
+                CounterData("status", status.get(summary.get("status", ""), "-")),
+            ]
+        ),
+    ]
+    lines = []
+    if summary.get("sample_warning"):
+        lines.append(
+            f"**{_sentence(summary['sample_warning'])}.** Evidently's own verdicts "
+            "below are computed on the same few rows."
+        )
+        lines += [f"- would have alerted: {a}" for a in summary.get("suppressed_alerts", [])]
+    lines += [f"- **alert**: {a}" for a in summary.get("alerts", [])]
+    if lines:
+        widgets.append(text_widget(title="Verdict", text="\n".join(lines)))
+    blocked = (summary.get("guardrails") or {}).get("blocked_share", {})
+    mix = [
+        [
+            row["action"],
+            _text(row["reference_share"], pct=True),
+            _text(row["preferred_share"], pct=True),
+            "-" if row["shift"] is None else f"{row['shift']:+.1%}",
+            _text(row["logged_share"], pct=True),
+            _text(blocked.get(row["action"]), pct=True),
+        ]
+        for row in summary.get("actions", [])
+    ]
+    widgets.append(
+        table_data(
+            title="Action mix: the model's preferred action (before guardrails) against the "
+            "reference's learned policy; logged = after guardrails and exploration",
+            column_names=[
+                "action",
+                "reference",
+                "preferred now",
+                "shift",
+                "logged now",
+                "blocked now",
+            ],
+            data=mix,
+            size=WidgetSize.HALF,
+        )
+    )
+    rules = (summary.get("guardrails") or {}).get("rule_blocks", {})
+    degraded = summary.get("degraded") or {}
+    other = [
+        ["degraded decisions", _text(degraded.get("share"), pct=True)],
+        *[[f"degraded: {k}", _text(v)] for k, v in (degraded.get("reasons") or {}).items()],
+        ["explored decisions", _text(summary.get("explored_share"), pct=True)],
+        ["customers with features", _text(summary.get("features_found_share"), pct=True)],
+        *[[f"decisions blocked by {rule}", _text(n)] for rule, n in rules.items()],
+    ]
+    widgets.append(
+        table_data(
+            title="Window figures",
+            column_names=["figure", "value"],
+            data=other,
+            size=WidgetSize.HALF,
+        )
+    )
+    skipped = [
+        r["column"]
+        for group in ("features", "predictions")
+        for r in (summary.get(group) or {}).get("columns", [])
+        if r["score"] is None and not r["drifted"]
+    ]
+    if skipped:
+        widgets.append(
+            text_widget(
+                title="Not compared",
+                text="One constant value on both sides, or no values on either side (not "
+                f"plotted): {', '.join(skipped)}.",
+            )
+        )
+    return widgets
 
 
 def _timestamp(meta: Mapping[str, str]) -> datetime | None:

@@ -92,7 +92,7 @@ class JobResult:
 
     @property
     def exit_code(self) -> int:
-        """0, or ``EXIT_DRIFT`` past thresholds."""
+        """0, ``EXIT_DRIFT`` past thresholds, ``EXIT_TOO_FEW`` below the minimum sample."""
         return self.result.exit_code
 
 
@@ -138,8 +138,8 @@ def run_job(
     html = out_dir / f"drift-{stamp}.html"
     summary_file = out_dir / f"drift-{stamp}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.run.save_html(html)
     summary = {**result.summary, "report": str(html)}
+    result.run.save_html(html, summary)
     summary_file.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     result.summary["report"] = str(html)
 

@@ -605,7 +605,9 @@ def drift(
 
     Exit codes: 0 no drift past the thresholds, 3 drift past the thresholds
     (NBA_DRIFT_*), 4 no decisions in the window, 5 the window lacks columns,
-    6 no reference, 2 other bad input.
+    6 no reference, 7 too few decisions to judge (fewer than NBA_DRIFT_MIN_ROWS,
+    default 200: the report and summary are written, nothing alerts), 2 other
+    bad input.
     """
     from monitoring.evidently_report import EvidentlyDrift
     from monitoring.job import parse_since, reference_from_file, reference_from_model, run_job
@@ -666,7 +668,9 @@ def drift(
 def _print_drift(summary: dict[str, Any]) -> None:
     out = _wide()
     feats = summary["features"]
-    status = "[red]DRIFT[/]" if summary["alerts"] else "[green]ok[/]"
+    status = {"drift": "[red]DRIFT[/]", "too_few_decisions": "[yellow]NOT JUDGED[/]"}.get(
+        summary["status"], "[green]ok[/]"
+    )
     out.print(
         f"{status}: {summary['window_rows']:,} decisions from {summary['window_start']} to "
         f"{summary['window_end']} against {summary['reference']} "
@@ -675,6 +679,10 @@ def _print_drift(summary: dict[str, Any]) -> None:
     )
     for alert in summary["alerts"]:
         out.print(f"  [red]![/] {alert}")
+    if summary.get("sample_warning"):
+        out.print(f"[yellow]warning:[/] {summary['sample_warning']}")
+        for alert in summary.get("suppressed_alerts", []):
+            out.print(f"  [yellow]would have alerted:[/] {alert}")
     table = Table(title=f"drifted features and predictions ({summary['thresholds']['method']})")
     for col in ("column", "score", "mean ref", "mean now", "missing ref", "missing now", "note"):
         table.add_column(col, justify="left" if col in ("column", "note") else "right")

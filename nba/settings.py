@@ -270,6 +270,12 @@ class Settings(BaseSettings):
         "this many seconds (answers degraded without waiting), then the next call tries it "
         "again; 0: every call waits its full deadline.",
     )
+    drift_min_rows: int = Field(
+        default=200,
+        ge=1,
+        description="nba drift judges a window of at least this many decisions; below it, it "
+        "reports the figures but never alerts (exit 7, status too_few_decisions).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -372,6 +378,7 @@ class Settings(BaseSettings):
             method=self.drift_method,
             column_threshold=self.drift_column_threshold,
             sample_rows=self.drift_sample_rows,
+            min_rows=self.drift_min_rows,
         )
 
     @property

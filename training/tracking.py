@@ -289,18 +289,24 @@ class Tracker:
     def log_model(self, model: Any, input_example: pd.DataFrame) -> str:
         """Log a fitted scikit-learn estimator in the active run; returns its model URI.
 
-        The signature is inferred from ``input_example`` and ``model.predict(input_example)``;
+        Saved as ``mlflow.sklearn`` saves it (``load`` and serving read that flavor), with a
+        pyfunc that returns one named column per action (``training.mlflow_flavor``). The
+        signature is inferred from ``input_example`` and that frame, so it names the columns;
         requirements are pinned to the installed versions of ``MODEL_PACKAGES``.
         """
         self._require_run()
-        self._mlflow()  # sets the URIs; the import below binds ``mlflow`` with its sklearn flavor
-        import mlflow.sklearn
-        from mlflow.models import infer_signature
+        self._mlflow()  # sets the URIs
+        from mlflow.models import Model, infer_signature
 
-        signature = infer_signature(input_example, model.predict(input_example))
+        from training import mlflow_flavor
+
+        output = mlflow_flavor.predict_frame(model, input_example)
+        signature = infer_signature(input_example, output)
         with _without_pickle_warning():
-            info = mlflow.sklearn.log_model(
-                model,
+            info = Model.log(
+                artifact_path=None,  # deprecated for name=, still a positional parameter
+                flavor=mlflow_flavor,
+                sk_model=model,
                 name=MODEL_ARTIFACT,
                 signature=signature,
                 input_example=input_example,

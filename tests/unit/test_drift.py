@@ -27,6 +27,7 @@ from monitoring.drift import (
     EXIT_MISSING_COLUMNS,
     EXIT_NO_REFERENCE,
     EXIT_OK,
+    EXIT_TOO_FEW,
     DriftConfig,
     EmptyWindowError,
     MissingColumnsError,
@@ -53,7 +54,7 @@ class StubRun:
     scores: dict[str, float]
     saved: list[Path] = field(default_factory=list)
 
-    def save_html(self, path: Path) -> None:
+    def save_html(self, path: Path, summary: Mapping[str, Any]) -> None:
         self.saved.append(path)
 
 
@@ -163,6 +164,73 @@ def test_a_feature_that_stopped_arriving_counts_as_drifted() -> None:
     first = summary["features"]["columns"][0]
     assert first["column"] == FEATURE_COLUMNS[0] and first["drifted"] and first["score"] is None
     assert summary["features"]["drifted"] == 1
+
+
+def test_a_window_below_the_minimum_sample_never_alerts_and_says_so() -> None:
+    ref = reference_frame()
+    values = np.zeros((3, 4))
+    values[:, 0] = 5.0  # three decisions, all promo: a 75-point shift of the mix
+    fixed = {c: 1.0 for c in FEATURE_COLUMNS[:29]}  # 29 of 30 features "drifted"
+    result = run_drift(ref, window_frame(3, values=values), StubEngine(fixed), DriftConfig())
+    summary = result.summary
+    assert result.exit_code == EXIT_TOO_FEW and summary["status"] == "too_few_decisions"
+    assert summary["alerts"] == []
+    assert "3 decisions in the window, at least 200 needed" in summary["sample_warning"]
+    assert "NBA_DRIFT_MIN_ROWS" in summary["sample_warning"]
+    assert any(a.startswith("29 of 30 features") for a in summary["suppressed_alerts"])
+    assert any(a.startswith("promo share moved") for a in summary["suppressed_alerts"])
+    assert summary["thresholds"]["min_rows"] == 200
+    assert metrics_of(summary)["alert"] == 0.0 and metrics_of(summary)["too_few_decisions"] == 1.0
+
+
+def test_a_window_at_the_minimum_sample_is_judged() -> None:
+    ref = reference_frame()
+    values = np.zeros((50, 4))
+    values[:, 0] = 5.0
+    cur = window_frame(50, values=values)
+    judged = run_drift(ref, cur, StubEngine(), DriftConfig(min_rows=50))
+    assert judged.exit_code == EXIT_DRIFT and judged.summary["sample_warning"] is None
+    assert judged.summary["suppressed_alerts"] == []
+    quiet = run_drift(ref, cur, StubEngine(), DriftConfig(min_rows=51))
+    assert quiet.exit_code == EXIT_TOO_FEW and quiet.summary["alerts"] == []
+    with pytest.raises(ValueError, match="min_rows"):
+        DriftConfig(min_rows=0)
+
+
+def test_a_column_constant_on_both_sides_is_not_compared_nor_drawn() -> None:
+    ref = reference_frame()
+    cur = window_frame(values=ref[VALUES].to_numpy()[:300])
+    for frame in (ref, cur):
+        frame[["uplift_none", "value_none"]] = 0.0  # the control: always 0
+    cur.loc[5, "uplift_recognition"] = np.nan
+    engine = StubEngine()
+    summary = run_drift(ref, cur, engine, DriftConfig()).summary
+    assert "uplift_none" not in engine.seen["columns"]
+    assert "value_none" not in engine.seen["columns"]
+    assert "uplift_recognition" in engine.seen["columns"]
+    rows = {r["column"]: r for r in summary["predictions"]["columns"]}
+    assert rows["uplift_none"]["score"] is None and not rows["uplift_none"]["drifted"]
+    assert "constant" in rows["uplift_none"]["note"]
+    assert summary["predictions"]["compared"] == len(PREDICTION_COLUMNS) - 2
+    # A constant that moved is still a drift to look at.
+    cur["uplift_none"] = 0.5
+    moved = StubEngine()
+    run_drift(ref, cur, moved, DriftConfig())
+    assert "uplift_none" in moved.seen["columns"]
+
+
+def test_the_command_prints_the_sample_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    from nba.cli import _print_drift
+
+    ref = reference_frame()
+    fixed = {c: 1.0 for c in FEATURE_COLUMNS}
+    summary = run_drift(ref, window_frame(3), StubEngine(fixed), DriftConfig()).summary
+    summary.update(window_start="2026-11-01", window_end="2026-11-08", reference="nba-uplift/3")
+    _print_drift(summary)
+    out = capsys.readouterr().out
+    assert out.startswith("NOT JUDGED: 3 decisions")
+    assert "warning: too few decisions to judge drift: 3 decisions" in out
+    assert "would have alerted: 30 of 30 features drifted" in out
 
 
 def test_large_sides_are_sampled_for_the_engine_only() -> None:

@@ -8,12 +8,17 @@ request body, the 200 answer, every error status ``Gate`` answers, and the ``X-A
 security scheme. The document is OpenAPI 3.1, whose schemas are the JSON Schema pydantic
 writes (``null`` as a type), so that nullable answers are described as they are.
 
-Only the decision routes are touched; titles and page branding are left to BentoML's document.
+``product_document`` then makes the document the product's own: its title, version and
+description (no BentoML template text or contacts), examples for every decision route, the
+health routes as ``Gate`` answers them, and ``/metrics`` behind the key. ``API_PAGE`` is the
+interactive page served at ``/``: Swagger UI from BentoML's bundled assets, with no tracking
+script, the key remembered once given in "Authorize".
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -87,3 +92,104 @@ def decision_document(spec: dict[str, Any]) -> dict[str, Any]:
         }
         operation["security"] = [{SECURITY_SCHEME: []}]
     return doc
+
+
+#: What a reader of the API page learns first.
+DESCRIPTION: Final = """\
+The next best action for a traveller, now: `promo`, `apology_credit`, `recognition` or `none`,
+ranked by incremental value after guardrails (no promo to a customer with an open case, a
+recent negative experience or an opt-out; apology credits within a paced daily budget).
+
+**Authentication.** Every route but `/healthz`, `/readyz` and `/livez` needs an API key of the
+server's `NBA_API_KEYS` in the `X-API-Key` header: click **Authorize** and enter yours.
+
+**Errors** have the body `{"error": "...", "detail": ...}`: 400 not JSON, 401 no valid key,
+413 body too large, 415 not `application/json`, 422 a field is invalid (`detail.field` names
+it), 503 starting, or an event the store could not take (not applied).
+
+**Never fails open.** When features or the model cannot be read, `/decide` answers `none` with
+`degraded: true`.
+"""
+#: Request and answer examples of the decision routes (the contract's).
+EXAMPLES: Final[dict[str, dict[str, Any]]] = {
+    "/decide": {
+        "customer_id": "C0000001",
+        "context": {"channel": "web", "page": "search", "origin": "JFK", "destination": "CDG",
+                    "departure_date": "2026-12-20"},
+        "candidates": ["promo", "apology_credit", "recognition", "none"],
+        "explain": True,
+    },
+    "/decide_batch": {"requests": [{"customer_id": "C0000001", "context": {"channel": "email"}},
+                                   {"customer_id": "C0000002", "context": {"channel": "email"}}]},
+    "/events": {"customer_id": "C0000001", "type": "case_opened", "ts": "2026-12-04T10:00:00Z",
+                "case_id": "C-77", "topic": "delay"},
+}  # fmt: skip
+_HEALTH: Final = {
+    "/healthz": ("Liveness: this process answers (no store is asked).", {"200": "Alive."}),
+    "/readyz": (
+        "Readiness: a model is loaded and the feature store answers a read.",
+        {"200": "Ready.", "503": "Not ready: detail says why (starting, no model, store down)."},
+    ),
+}
+
+
+def product_document(doc: dict[str, Any], version: str) -> dict[str, Any]:
+    """The decision document (``decision_document``) as the product's own page shows it."""
+    doc = copy.deepcopy(doc)
+    doc["info"] = {"title": "nba decision API", "version": version, "description": DESCRIPTION,
+                   "license": {"name": "Apache-2.0"}}  # fmt: skip
+    doc["tags"] = [
+        {"name": "decisions", "description": "Decide, decide in bulk, report events."},
+        {"name": "health", "description": "Liveness, readiness and metrics."},
+    ]
+    for route, example in EXAMPLES.items():
+        operation = doc["paths"][route]["post"]
+        operation["tags"] = ["decisions"]
+        operation["requestBody"]["content"]["application/json"]["example"] = example
+    for route, (summary, answers) in _HEALTH.items():
+        schema = {"type": "object", "additionalProperties": True}
+        doc["paths"][route] = {"get": {
+            "tags": ["health"], "summary": summary, "security": [],
+            "responses": {status: {"description": why,
+                                   "content": {"application/json": {"schema": schema}}}
+                          for status, why in answers.items()},
+        }}  # fmt: skip
+    for route in ("/livez", "/metrics"):
+        for operation in doc["paths"].get(route, {}).values():
+            operation["tags"] = ["health"]
+    if "/livez" in doc["paths"]:
+        doc["paths"]["/livez"]["get"]["security"] = []
+    if "/metrics" in doc["paths"]:
+        metrics = doc["paths"]["/metrics"]["get"]
+        metrics["security"] = [{SECURITY_SCHEME: []}]
+        metrics["responses"]["401"] = {"description": ERRORS["401"], "content": {
+            "application/json": {"schema": _ref(ErrorBody)}}}  # fmt: skip
+    return doc
+
+
+def api_page(title: str = "nba decision API") -> bytes:
+    """The HTML of ``/``: Swagger UI on ``/docs.json``, BentoML's bundled assets, nothing else
+    loaded from anywhere (no tag manager, no fonts or badges from other hosts)."""
+    options = {"url": "./docs.json", "dom_id": "#swagger-ui", "deepLinking": True,
+               "persistAuthorization": True, "displayRequestDuration": True,
+               "defaultModelsExpandDepth": 0}  # fmt: skip
+    return f"""<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <title>{title}</title>
+    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
+    <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" />
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+    <script>
+      window.onload = function () {{
+        window.ui = SwaggerUIBundle(Object.assign({json.dumps(options)},
+          {{presets: [SwaggerUIBundle.presets.apis]}}));
+      }};
+    </script>
+  </body>
+</html>
+""".encode()

@@ -63,7 +63,7 @@ from serving.api import (
 )
 from serving.config import from_environment
 from serving.decider import Request
-from serving.openapi import decision_document
+from serving.openapi import api_page, decision_document, product_document
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 #: Routes answered without a key.
 OPEN_ROUTES: Final = frozenset({"/healthz", "/readyz", "/livez"})
+#: The API page at ``/`` (serving.openapi): the product's own, not BentoML's template.
+API_PAGE: Final = api_page()
 #: Documentation routes (public) of BentoML's UI.
 DOC_PREFIXES: Final = ("/docs.json", "/static_content", "/schema.json", "/assets")
 #: The workers' GIL switch interval in seconds (Python's default: 0.005); see ``NBA.__init__``.
@@ -123,6 +125,9 @@ class Gate:
             return
         if path == "/docs.json":
             await _reply(send, 200, _docs_json())
+            return
+        if path == "/" and scope["method"] == "GET":
+            await _reply_html(send, API_PAGE)
             return
         if path in OPEN_ROUTES or path == "/" or path.startswith(DOC_PREFIXES):
             await self.app(scope, receive, send)
@@ -293,7 +298,24 @@ def _docs_json() -> bytes:
     """The OpenAPI document: BentoML's, with the decision routes as served (built once)."""
     # ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.
     spec = NBA.openapi_spec.asdict()  # type: ignore[attr-defined]
-    return orjson.dumps(decision_document(spec))
+    return orjson.dumps(product_document(decision_document(spec), _version()))
+
+
+def _version() -> str:
+    """The installed package's version (the API page's)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nba")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+async def _reply_html(send: Send, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                            (b"content-length", str(len(payload)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

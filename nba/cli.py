@@ -186,7 +186,8 @@ def features(
     adapter = settings.feast_adapter()
     with Stages("features", total=5) as stage:
         stage(f"validating {raw}")
-        world = load_raw(raw)
+        # Events after the snapshot (beyond the contract's tolerance) are refused, not dropped.
+        world = load_raw(raw, now=snapshot)
         stage(f"building features from {world.n_rows():,} raw rows")
         table = build_feature_table(
             world,

@@ -23,6 +23,10 @@ are not silently skipped, and a process killed outright (no ``except`` runs) sti
 unusable ``pending`` version rather than a usable one. ``gate`` refuses a ``failed`` version and
 ``load`` refuses to load one, so the champion alias can never be moved to it by this module.
 
+The gate is a compare-and-set (``training.gate``): under a cross-process lock, the candidate is
+compared with the champion it would replace at that moment (re-evaluated on the candidate's data
+when another training moved the alias), and its ``gate.champion_*`` tags name that champion.
+
 MLflow 3.17 traps handled here
 ------------------------------
 * ``mlflow.sklearn`` serializes with skops by default, which cannot store ``MultiActionUplift``

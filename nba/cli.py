@@ -702,6 +702,7 @@ def main() -> None:
         ValueError,
         FileNotFoundError,
         PermissionError,
+        TimeoutError,  # e.g. another `nba train` holding the champion gate's lock
     ) as exc:
         if os.environ.get("NBA_DEBUG"):
             raise

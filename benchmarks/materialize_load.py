@@ -10,6 +10,8 @@ error, as the service answers it degraded. Run:
 
 ``delete`` is SQLite's default rollback journal (the store before issue 14), ``wal`` what
 ``FeastAdapter`` sets now (``features.store.use_wal``). Each mode gets a fresh repo copy.
+``--busy-timeout 5`` gives the reader sqlite3's default deadline, as the service had before
+(now ``SQLITE_BUSY_TIMEOUT_S``, 2 s): the old stalls are capped by it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.online_read import synthetic_table
-from features.store import FeastAdapter
+from features.store import SQLITE_BUSY_TIMEOUT_S, FeastAdapter
 
 #: Phases of a run, in order.
 PHASES = ("before", "during", "after")
@@ -71,10 +73,19 @@ class LoadResult:
         }
 
 
-def _reader(repo: str, ids: list[str], ready: object, stop: object, out: object) -> None:
-    """The service's read path in its own process, until ``stop`` is set."""
+def _reader(
+    repo: str, ids: list[str], busy_s: float, ready: object, stop: object, out: object
+) -> None:
+    """The service's read path in its own process, until ``stop`` is set.
+
+    ``busy_s`` replaces ``SQLITE_BUSY_TIMEOUT_S`` in this process (5.0: sqlite3's default,
+    which the service used before issue 14).
+    """
     import sqlite3
 
+    import features.store
+
+    features.store.SQLITE_BUSY_TIMEOUT_S = busy_s
     reader = FeastAdapter(Path(repo), Path("feature_store.yaml")).direct_reader()
     for customer in ids[:200]:  # warm-up: registry, connection, code paths
         reader.read(customer)
@@ -116,7 +127,12 @@ def prepare(work: Path, customers: int, journal: str) -> tuple[Path, pd.Timestam
 
 
 def measure(
-    work: Path, customers: int, journal: str, idle_s: float = 1.5, tail_s: float = 1.0
+    work: Path,
+    customers: int,
+    journal: str,
+    idle_s: float = 1.5,
+    tail_s: float = 1.0,
+    busy_s: float | None = None,
 ) -> LoadResult:
     """One run: a reader process reads before, during and after ``FeastAdapter.materialize``.
 
@@ -126,17 +142,20 @@ def measure(
     no_wal = lambda self: None  # noqa: E731
     FeastAdapter._online_wal = _WAL if journal == "wal" else no_wal  # type: ignore[method-assign]
     try:
-        return _measure(work, customers, journal, idle_s, tail_s)
+        busy = SQLITE_BUSY_TIMEOUT_S if busy_s is None else busy_s
+        return _measure(work, customers, journal, idle_s, tail_s, busy)
     finally:
         FeastAdapter._online_wal = _WAL  # type: ignore[method-assign]
 
 
-def _measure(work: Path, customers: int, journal: str, idle_s: float, tail_s: float) -> LoadResult:
+def _measure(
+    work: Path, customers: int, journal: str, idle_s: float, tail_s: float, busy_s: float
+) -> LoadResult:
     repo, end = prepare(work, customers, journal)
     ids = [f"C{i:08d}" for i in np.random.default_rng(2).integers(0, customers, 5000)]
     context = mp.get_context("spawn")
     ready, stop, out = context.Event(), context.Event(), context.Queue()
-    process = context.Process(target=_reader, args=(str(repo), ids, ready, stop, out))
+    process = context.Process(target=_reader, args=(str(repo), ids, busy_s, ready, stop, out))
     process.start()
     try:
         if not ready.wait(120):
@@ -182,14 +201,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--journal", nargs="+", choices=("delete", "wal"), default=["delete", "wal"]
     )
+    parser.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=SQLITE_BUSY_TIMEOUT_S,
+        help="the reader's SQLite busy timeout, s (5: sqlite3's default, the service before)",
+    )
     args = parser.parse_args(argv)
     results = []
     for journal in args.journal:
         with tempfile.TemporaryDirectory(prefix="nba-materialize-load-") as work:
-            results.append(measure(Path(work), args.customers, journal))
+            results.append(measure(Path(work), args.customers, journal, busy_s=args.busy_timeout))
             for error in results[-1].errors:
                 print(f"{journal}: read error: {error}")
-    print(f"{args.customers:,} customers, one reader process reading back to back")
+    print(f"{args.customers:,} customers, one reader process reading back to back "
+          f"(busy timeout {args.busy_timeout:g} s)")  # fmt: skip
     print(table(results))
 
 

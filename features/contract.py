@@ -29,7 +29,7 @@ import csv
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
@@ -59,6 +59,10 @@ ACTIONS: Final[tuple[str, ...]] = ("promo", "apology_credit", "recognition", "no
 FORMATS: Final[tuple[str, ...]] = ("parquet", "csv")
 #: At most this many offending rows or ids are quoted per violation.
 MAX_EXAMPLES: Final = 5
+#: How far past the reference time (now, or ``nba features --as-of``) an event time may lie
+#: before the folder is refused: enough for clock skew between the brand's systems and ours,
+#: far too little for a wrong year (records dated 2031 used to reach the online store).
+FUTURE_TOLERANCE: Final = timedelta(hours=1)
 
 EMPTY_FILE_RULE: Final = "file is empty: an empty table still needs its header row"
 NAIVE_RULE: Final = "timezone-aware timestamp (ISO 8601 with offset or Z)"
@@ -163,6 +167,9 @@ class ColumnSpec:
     #: Few distinct values (codes, enums): share one Python string per value when loading, which
     #: saves memory; not worth its hashing cost on id columns.
     few_values: bool = False
+    #: A timestamp recording when something happened: it may not lie in the future (beyond
+    #: ``FUTURE_TOLERANCE``). Planned times (``bookings.departs_at``) are not event times.
+    event_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,8 +243,22 @@ def _customer_ref(nullable: bool = False) -> ColumnSpec:
     )
 
 
-def _ts(name: str, nullable: bool = False) -> ColumnSpec:
-    return ColumnSpec(name, "timestamp", nullable=nullable)
+def _ts(name: str, nullable: bool = False, *, event: bool = True) -> ColumnSpec:
+    """A timestamp column; an event time (``event``) unless it records a planned moment."""
+    return ColumnSpec(name, "timestamp", nullable=nullable, event_time=event)
+
+
+def future_rule(limit: datetime) -> str:
+    """The rule text of the event-time check against ``limit`` (reference + tolerance)."""
+    return f"not in the future (<= {limit.isoformat()}, reference time + {FUTURE_TOLERANCE})"
+
+
+def _future_limit(now: datetime | None) -> pd.Timestamp:
+    """The latest event time accepted: ``now`` (default: the wall clock) plus the tolerance."""
+    reference = pd.Timestamp(now if now is not None else datetime.now(UTC))
+    if reference.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    return (reference + FUTURE_TOLERANCE).tz_convert(UTC)
 
 
 def _enum(name: str, *values: str) -> ColumnSpec:
@@ -281,7 +302,7 @@ SCHEMA: Final[dict[str, TableSpec]] = {
                 ColumnSpec("booking_id", "string", unique=True),
                 _customer_ref(),
                 _ts("booked_at"),
-                _ts("departs_at"),
+                _ts("departs_at", event=False),  # a future departure is normal
                 _airport("origin"),
                 _airport("destination"),
                 ColumnSpec("fare", "float", checks=(at_least(0),)),
@@ -830,13 +851,20 @@ def _dangling_rows(child: ColumnValues, parent: ColumnValues) -> np.ndarray:
 
 
 def _column_violations(
-    name: str, spec: ColumnSpec, column: ColumnValues, tables: Mapping[str, _Table]
+    name: str,
+    spec: ColumnSpec,
+    column: ColumnValues,
+    tables: Mapping[str, _Table],
+    limit: pd.Timestamp,
 ) -> Iterable[Violation | None]:
     ok = column.ok()
     shown = {spec.name: column.series}
     checks = (*spec.checks, FINITE) if spec.type == "float" else spec.checks
     for check in checks:
         yield _violation(name, spec.name, check.rule, check.bad(column) & ok, shown)
+    if spec.event_time:
+        future = _mask(column.series > limit) & ok  # NaT compares False: nulls pass
+        yield _violation(name, spec.name, future_rule(limit.to_pydatetime()), future, shown)
     if spec.unique:
         yield _violation(name, spec.name, "unique", _duplicate_rows(column, ok), shown)
     if spec.references:
@@ -857,14 +885,15 @@ def _row_violations(table: _Table, rule: RowRule) -> Violation | None:
     return _violation(table.name, rule.column, rule.rule, rule.bad(series) & ~skip, series)
 
 
-def _rule_violations(tables: Mapping[str, _Table]) -> list[Violation]:
-    """Every value, uniqueness, reference and row rule over the usable columns."""
+def _rule_violations(tables: Mapping[str, _Table], limit: pd.Timestamp) -> list[Violation]:
+    """Every value, uniqueness, reference, event-time (``<= limit``) and row rule over the
+    usable columns."""
     found: list[Violation | None] = []
     for name, table in tables.items():
         spec = SCHEMA[name]
         for col in spec.columns:
             if col.name in table.columns:
-                found += _column_violations(name, col, table.columns[col.name], tables)
+                found += _column_violations(name, col, table.columns[col.name], tables, limit)
         found += [_row_violations(table, rule) for rule in spec.row_rules]
     return [v for v in found if v is not None]
 
@@ -1015,7 +1044,7 @@ def _load_table(path: Path, spec: TableSpec) -> tuple[_Table | None, list[Violat
 # --- Public functions ----------------------------------------------------------------------------
 
 
-def load_raw(folder: str | Path) -> RawData:
+def load_raw(folder: str | Path, *, now: datetime | None = None) -> RawData:
     """Read a raw folder, coerce it to canonical types and validate it against the contract.
 
     Every problem of the folder is collected before raising. Nothing is written anywhere.
@@ -1023,10 +1052,13 @@ def load_raw(folder: str | Path) -> RawData:
     Args:
         folder: directory holding one ``<table>.parquet`` or ``<table>.csv`` per contract table
             (``truth`` optional).
+        now: the reference time of the event-time rule (tz-aware): no event may lie more than
+            ``FUTURE_TOLERANCE`` after it. Default: the wall clock.
 
     Raises:
         ContractError: the folder is missing or breaks the contract (all problems listed).
     """
+    limit = _future_limit(now)
     folder = Path(folder)
     source = str(folder)
     if not folder.is_dir():
@@ -1043,14 +1075,14 @@ def load_raw(folder: str | Path) -> RawData:
         violations += found
         if table is not None:
             tables[name] = table
-    violations += _rule_violations(tables)
+    violations += _rule_violations(tables, limit)
     if violations:
         raise ContractError(source, _ordered(violations))
     frames = {name: _frame(SCHEMA[name], table) for name, table in tables.items()}
     return RawData(**frames)
 
 
-def validate(raw: RawData, source: str = "<memory>") -> None:
+def validate(raw: RawData, source: str = "<memory>", *, now: datetime | None = None) -> None:
     """Validate raw tables already in memory: canonical dtypes plus every contract rule.
 
     Extra columns are allowed and ignored; nothing is modified.
@@ -1058,10 +1090,12 @@ def validate(raw: RawData, source: str = "<memory>") -> None:
     Args:
         raw: the tables (``truth`` is validated too when present).
         source: what to call the data in the error message (a folder, "simulator", ...).
+        now: the reference time of the event-time rule, as in ``load_raw``.
 
     Raises:
         ContractError: listing every problem found.
     """
+    limit = _future_limit(now)
     violations: list[Violation] = []
     tables: dict[str, _Table] = {}
     for name, frame in raw.tables().items():
@@ -1080,7 +1114,7 @@ def validate(raw: RawData, source: str = "<memory>") -> None:
             if column is not None:
                 columns[col.name] = column
         tables[name] = _Table(name, len(frame), columns)
-    violations += _rule_violations(tables)
+    violations += _rule_violations(tables, limit)
     if violations:
         raise ContractError(source, _ordered(violations))
 

@@ -52,6 +52,29 @@ _PACKED_MAX_LENGTH = 63 * 64 + 63
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Temporary join column of ``FeastAdapter.historical``.
 _JOIN_TIME = "__nba_join_time"
+#: Deadline of a SQLite online-store call waiting for a lock (sqlite3's busy timeout). In WAL
+#: mode a reader never waits for the writer; this bounds the rare waits left (a journal-mode
+#: switch, recovery after a crash) instead of sqlite3's silent 5 s default.
+SQLITE_BUSY_TIMEOUT_S = 2.0
+
+
+def use_wal(path: str | Path, timeout: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    """Put the SQLite database at ``path`` in WAL journal mode (kept in the file from then on).
+
+    In SQLite's default rollback-journal mode a writer locks readers out while it commits
+    (and whenever its page cache spills): ``nba features`` materializing stalled the service's
+    reads for 3-5.5 s and failed some with "database is locked". In WAL mode readers read the
+    last committed snapshot while the writer appends to the ``-wal`` file: they never wait for
+    it (``benchmarks/materialize_load.py`` measures both). The mode is a property of the file,
+    so every connection (Feast's own and ``_SqliteRows``'s) gets it. WAL needs every process
+    on one host (shared memory): true of the embedded profile.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as db:
+        mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+    if mode.lower() != "wal":
+        raise RuntimeError(f"SQLite online store {path}: journal mode is {mode}, not wal")
 
 
 def _check_columns(frame: pd.DataFrame, expected: tuple[str, ...], what: str) -> None:
@@ -218,6 +241,18 @@ class FeastAdapter:
             contents,
             skip_source_validation=False,
         )
+        self._online_wal()
+
+    def _online_wal(self) -> None:
+        """WAL mode for a SQLite online store (``use_wal``); other stores are left alone."""
+        config = self.store.config
+        if not str(config.online_store.type).lower().endswith(("sqlite", "sqliteonlinestore")):
+            return
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        path = Path(SqliteOnlineStore._get_db_path(config))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        use_wal(path)
 
     def write_offline(self, table: pd.DataFrame) -> Path:
         """Replace the offline feature table with ``table`` atomically; return its path.
@@ -241,8 +276,11 @@ class FeastAdapter:
         """Load the latest row per customer with ``start <= event_timestamp <= end`` online.
 
         ``start`` defaults to the epoch (the whole table). Naive datetimes are taken as UTC.
-        On SQLite this overwrites pushed values even when they are newer than the table rows.
+        On SQLite this overwrites pushed values even when they are newer than the table rows,
+        and never blocks readers: the store is in WAL mode (``use_wal``; set here too for a
+        store applied before WAL was introduced).
         """
+        self._online_wal()
         self.store.materialize(
             start_date=_utc(start) if start is not None else _EPOCH, end_date=_utc(end)
         )
@@ -525,9 +563,9 @@ class _SqliteRows:
             for view, names in views
         ]
         self._path = path
-        # A busy timeout is the read's deadline: while `nba features` materializes, SQLite's
-        # write lock held readers for seconds (stack-facts); sqlite3's default waits 5 s.
-        self._timeout = 5.0 if timeout is None else timeout
+        # A busy timeout is the read's deadline (the service passes its store deadline; WAL mode
+        # keeps materialization from holding readers, sqlite3's default would wait 5 s).
+        self._timeout = SQLITE_BUSY_TIMEOUT_S if timeout is None else timeout
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=self._timeout)
         self._lock = threading.Lock()
         self._db2: Any = None

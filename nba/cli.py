@@ -267,7 +267,8 @@ def features(
     adapter = settings.feast_adapter()
     with Stages("features", total=5) as stage:
         stage(f"validating {raw}")
-        world = load_raw(raw)
+        # Events after the snapshot (beyond the contract's tolerance) are refused, not dropped.
+        world = load_raw(raw, now=snapshot)
         stage(f"building features from {world.n_rows():,} raw rows")
         table = build_feature_table(
             world,
@@ -797,6 +798,7 @@ def main() -> None:
         ValueError,
         FileNotFoundError,
         PermissionError,
+        TimeoutError,  # e.g. another `nba train` holding the champion gate's lock
     ) as exc:
         if os.environ.get("NBA_DEBUG"):
             raise

@@ -225,7 +225,9 @@ def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None
     world = _decide(cfg, rng, cust, world, start_ns, end_ns)
 
     step("validating")
-    validate(world, source="simulator")
+    # The world's own clock: nothing in it may happen after its window ends (plus the
+    # contract's tolerance), whether that end is now (the CLI) or a fixed date (tests).
+    validate(world, source="simulator", now=pd.Timestamp(cfg.end).to_pydatetime())
     return world
 
 

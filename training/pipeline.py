@@ -101,12 +101,20 @@ def run_training(
     )
     evaluation = evaluate(model, test, reward_model, costs)
     candidate_value = float(evaluation.policy_table.loc["learned", "dr"])
+    q_hat = reward_model.predict(test.X)
+
+    def value_of(version: int) -> float:
+        """A champion's DR value on this candidate's held-out decisions (same q_hat)."""
+        return champion_dr_value(tracker.load(version), test, q_hat, costs)
+
+    # Measured now, before anything is written (bad data fails here); the gate re-evaluates
+    # with value_of if another training moved the champion in the meantime.
     champion_info = tracker.champion()
+    champion_version = champion_info.version if champion_info is not None else None
     champion_value = None
-    if champion_info is not None:
+    if champion_version is not None:
         try:
-            champion = tracker.load(champion_info.version)
-            champion_value = champion_dr_value(champion, test, reward_model.predict(test.X), costs)
+            champion_value = value_of(champion_version)
         except Exception:
             # Without --force an unusable champion is an error that says what to do; with
             # --force the new model replaces it, which is the way out.
@@ -136,5 +144,12 @@ def run_training(
         tracker.log_parquet(reference, REFERENCE_ARTIFACT)
         uri = tracker.log_model(model, test.X.head(5))
         version = tracker.register(uri, {"data.fingerprint": fingerprint(raw)})
-        decision = tracker.gate(version, candidate_value, champion_value, force=force)
+        decision = tracker.gate(
+            version,
+            candidate_value,
+            champion_value,
+            force=force,
+            compared_with=champion_version,
+            value_of=value_of,
+        )
     return TrainResult(evaluation, version, run_id, decision, len(train), len(test))

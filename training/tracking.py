@@ -23,6 +23,10 @@ are not silently skipped, and a process killed outright (no ``except`` runs) sti
 unusable ``pending`` version rather than a usable one. ``gate`` refuses a ``failed`` version and
 ``load`` refuses to load one, so the champion alias can never be moved to it by this module.
 
+The gate is a compare-and-set (``training.gate``): under a cross-process lock, the candidate is
+compared with the champion it would replace at that moment (re-evaluated on the candidate's data
+when another training moved the alias), and its ``gate.champion_*`` tags name that champion.
+
 MLflow 3.17 traps handled here
 ------------------------------
 * ``mlflow.sklearn`` serializes with skops by default, which cannot store ``MultiActionUplift``
@@ -45,14 +49,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+# The gate's rule and compare-and-set live in training.gate (no MLflow there); re-exported.
+from training.gate import GateDecision, champion_lock, compare_and_promote
 from training.reroot import reroot
 
 if TYPE_CHECKING:
@@ -110,18 +115,6 @@ class ModelVersionInfo:
     aliases: list[str]
     metrics: dict[str, float]
     tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """What :meth:`Tracker.gate` decided for a candidate version, and why."""
-
-    promoted: bool
-    reason: str
-    candidate_value: float
-    champion_value: float | None
-    champion_version: int | None
-    forced: bool
 
 
 class Tracker:
@@ -390,17 +383,31 @@ class Tracker:
         champion_value: float | None,
         force: bool = False,
         min_improvement: float = 0.0,
+        *,
+        compared_with: int | Literal["current"] | None = "current",
+        value_of: Callable[[int], float] | None = None,
+        on_read: Callable[[int | None], None] | None = None,
     ) -> GateDecision:
         """Decide whether ``version`` becomes the champion, move the alias if so, record why.
+
+        A compare-and-set (``training.gate``): under the store's cross-process lock, the
+        candidate is compared with the champion read at that moment, the one it would replace.
+        ``champion_value`` is the value the caller measured for champion ``compared_with`` (a
+        version, or ``None`` when there was no champion); if another version is champion by
+        now, ``value_of(version)`` evaluates that one on the candidate's data. ``"current"``
+        (the default) means ``champion_value`` belongs to whichever version is champion when
+        the gate runs: only for callers that hold no earlier reading.
 
         Promotes when ``force``; otherwise never when there is no champion yet (the first model
         needs an explicit ``--force``), else when ``candidate_value > champion_value +
         min_improvement`` (both the same policy-value estimate, higher is better, on the same
-        evaluation data). The decision is stored as ``gate.*`` tags on the model version and on
-        its run, and the version is tagged ``nba.status=gated``.
+        evaluation data). The decision (with the champion it was compared with and its value)
+        is stored as ``gate.*`` tags on the model version and on its run, and the version is
+        tagged ``nba.status=gated``. ``on_read`` is a test seam (see ``compare_and_promote``).
 
-        Raises ``ValueError`` for a version marked failed, or when a champion exists, ``force``
-        is off and ``champion_value`` is ``None`` (there is nothing to compare with).
+        Raises ``ValueError`` for a version marked failed, when a champion exists, ``force``
+        is off and its value is unknown, and ``TimeoutError`` when another gate holds the lock
+        for longer than ``training.gate.LOCK_TIMEOUT_S``.
         """
         client = self._client()
         mv = client.get_model_version(self.model_name, str(version))
@@ -409,39 +416,46 @@ class Tracker:
                 f"version {version} of {self.model_name!r} is marked failed "
                 f"({mv.tags.get(FAILURE_TAG, 'unknown error')}): it cannot be gated; retrain"
             )
-        current = self.champion()
-        current_version = current.version if current else None
-        promoted, reason = _decide(
-            version, candidate_value, champion_value, current_version, force, min_improvement
-        )
-        # Alias first, tags after: if moving the alias fails the version stays pending, and the
-        # run's failure handler marks it failed; recorded tags always describe what happened.
-        if promoted and current_version != version:
-            client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+
+        def read_champion() -> int | None:
+            return (self._aliases() or {}).get(CHAMPION)
+
+        def promote(target: int) -> None:
+            client.set_registered_model_alias(self.model_name, CHAMPION, str(target))
+
+        with champion_lock(self.tracking_uri):
+            measured_version = read_champion() if compared_with == "current" else compared_with
+            # Alias first, tags after: if moving the alias fails the version stays pending, and
+            # the run's failure handler marks it failed; recorded tags describe what happened.
+            decision = compare_and_promote(
+                version,
+                candidate_value,
+                measured=(measured_version, champion_value),
+                read_champion=read_champion,
+                value_of=value_of,
+                promote=promote,
+                force=force,
+                min_improvement=min_improvement,
+                on_read=on_read,
+            )
+        value, current_version = decision.champion_value, decision.champion_version
         tags = {
-            "gate.promoted": _flag(promoted),
+            "gate.promoted": _flag(decision.promoted),
             "gate.candidate_dr_value": repr(float(candidate_value)),
-            "gate.champion_dr_value": "none" if champion_value is None else repr(champion_value),
+            "gate.champion_dr_value": "none" if value is None else repr(value),
             "gate.champion_version": "none" if current_version is None else str(current_version),
-            "gate.reason": reason,
+            "gate.reason": decision.reason,
             "gate.forced": _flag(force),
         }
-        for key, value in tags.items():
-            client.set_model_version_tag(self.model_name, str(version), key, value)
+        for key, text in tags.items():
+            client.set_model_version_tag(self.model_name, str(version), key, text)
         if mv.run_id:
             from mlflow.entities import RunTag
 
             client.log_batch(mv.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         # Last: only a version whose decision is fully recorded counts as through the pipeline.
         client.set_model_version_tag(self.model_name, str(version), STATUS_TAG, STATUS_GATED)
-        return GateDecision(
-            promoted=promoted,
-            reason=reason,
-            candidate_value=float(candidate_value),
-            champion_value=champion_value,
-            champion_version=current_version,
-            forced=force,
-        )
+        return decision
 
     # -------------------------------------------------------------- internals
 
@@ -605,55 +619,6 @@ def pinned_requirements() -> list[str]:
     from importlib import metadata  # ≈ 40 ms: only when a model is logged
 
     return [f"{name}=={metadata.version(name)}" for name in MODEL_PACKAGES]
-
-
-def _decide(
-    version: int,
-    candidate: float,
-    champion_value: float | None,
-    champion_version: int | None,
-    force: bool,
-    min_improvement: float,
-) -> tuple[bool, str]:
-    """The gate's rule: ``(promoted, reason)``."""
-    if champion_version is None:
-        if force:
-            return True, "forced: no champion yet, this version becomes the first champion"
-        return False, (
-            "no champion yet: the first model is promoted only with --force; check its "
-            "evaluation, then run `nba train --force`"
-        )
-    if force:
-        return True, (
-            f"forced: replaces champion v{champion_version} regardless of value "
-            f"(candidate {candidate:.6g}, champion {_fmt(champion_value)})"
-        )
-    if champion_version == version:
-        return True, f"v{version} is already the champion"
-    if champion_value is None:
-        raise ValueError(
-            f"champion v{champion_version} exists but champion_value is None: evaluate it on the "
-            "same data as the candidate, or pass force=True"
-        )
-    if not math.isfinite(candidate):
-        return (
-            False,
-            f"candidate value {candidate} is not finite; champion v{champion_version} kept",
-        )
-    threshold = champion_value + min_improvement
-    if candidate > threshold:
-        return True, (
-            f"candidate {candidate:.6g} > champion v{champion_version} {champion_value:.6g} "
-            f"+ min_improvement {min_improvement:.6g}"
-        )
-    return False, (
-        f"candidate {candidate:.6g} <= champion v{champion_version} {champion_value:.6g} "
-        f"+ min_improvement {min_improvement:.6g}; champion kept"
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.6g}"
 
 
 def _flag(value: bool) -> str:

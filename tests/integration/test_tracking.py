@@ -7,6 +7,7 @@ tests. One tiny uplift model is fitted per module and logged by every test that 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -288,3 +289,97 @@ def test_failure_after_log_model_leaves_no_usable_version(
         raise RuntimeError("disk full")
     assert client.get_run(run_id).info.status == "FAILED"
     assert [v.version for v in tracker.versions()] == [failed, champion]
+
+
+#: One gate in its own process: ``tracker.gate`` of a registered version, its value measured
+#: against ``compared_with``; ``value_of`` stands in for evaluating a champion on the
+#: candidate's data (here: that version's logged ``dr_value``). ``hold`` makes it wait, with
+#: the champion read, until the other gate has started (``go`` exists), then 1.5 s more.
+GATE_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from training.tracking import Tracker
+
+uri, artifacts, experiment, name, version, value, compared, sync, role = sys.argv[1:]
+tracker = Tracker(uri, artifact_location=artifacts, experiment=experiment, model_name=name)
+client = tracker._client()
+sync = Path(sync)
+
+def value_of(v):
+    run_id = client.get_model_version(name, str(v)).run_id
+    return client.get_run(run_id).data.metrics["dr_value"]
+
+def hold(champion):
+    (sync / "held").write_text(str(champion))
+    deadline = time.monotonic() + 60
+    while not (sync / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # the other gate reads (no lock) or waits for the lock (lock) meanwhile
+
+if role == "fast":
+    (sync / "go").write_text("")
+decision = tracker.gate(int(version), float(value), 1.0, compared_with=int(compared),
+                       value_of=value_of, on_read=hold if role == "slow" else None)
+print(json.dumps({"promoted": decision.promoted, "champion": decision.champion_version,
+                  "value": decision.champion_value}))
+"""
+
+
+@pytest.mark.parametrize(("slow_value", "fast_value"), [(1.2, 1.5), (1.5, 1.2)])
+def test_concurrent_gates_compare_with_the_champion_they_replace(
+    tracker: Tracker,
+    model: MultiActionUplift,
+    data: pd.DataFrame,
+    tmp_path: Path,
+    slow_value: float,
+    fast_value: float,
+) -> None:
+    # Both trainings measured themselves against champion v1 (1.0); the slow one reads the
+    # champion, then pauses until the fast one is gating: without a compare-and-set both would
+    # promote over v1 and the last one would win, whatever its value.
+    first = train(tracker, model, data, 1.0)
+    tracker.gate(first, 1.0, None, force=True)
+    slow, fast = train(tracker, model, data, slow_value), train(tracker, model, data, fast_value)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+
+    def start(version: int, value: float, role: str) -> subprocess.Popen[str]:
+        where = [tracker.tracking_uri, str(tracker.artifact_location), tracker.experiment]
+        args = [*where, tracker.model_name, str(version), str(value), str(first), str(sync), role]
+        return subprocess.Popen(
+            [sys.executable, "-c", GATE_SCRIPT, *args],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    started = time.perf_counter()
+    slow_process = start(slow, slow_value, "slow")
+    deadline = time.monotonic() + 120
+    while not (sync / "held").exists() and slow_process.poll() is None:
+        assert time.monotonic() < deadline, "the slow gate never read the champion"
+        time.sleep(0.05)
+    fast_process = start(fast, fast_value, "fast")
+    outputs = {}
+    for role, process in (("slow", slow_process), ("fast", fast_process)):
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err[-2000:]
+        outputs[role] = json.loads(out.strip().splitlines()[-1])
+    print(f"two gating processes: {time.perf_counter() - started:.1f} s")
+
+    best = fast if fast_value > slow_value else slow
+    assert tracker.champion().version == best
+    # The slow gate held the lock first: it was compared with v1; the fast one with whatever
+    # the slow one left as champion, at its value on the candidate's data.
+    assert outputs["slow"] == {"promoted": True, "champion": first, "value": 1.0}
+    assert outputs["fast"] == {
+        "promoted": fast_value > slow_value,
+        "champion": slow,
+        "value": slow_value,
+    }
+    for version, champion, value in ((slow, first, 1.0), (fast, slow, slow_value)):
+        for tags in (version_tags(tracker, version), run_of(tracker, version).data.tags):
+            assert tags["gate.champion_version"] == str(champion)
+            assert float(tags["gate.champion_dr_value"]) == value
+            assert f"champion v{champion} {value:.6g}" in tags["gate.reason"]

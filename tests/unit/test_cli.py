@@ -75,3 +75,28 @@ def test_simulate_writes_a_valid_folder(tmp_path: Path) -> None:
     from features.contract import load_raw
 
     assert load_raw(out).truth is not None
+
+
+def test_future_records_are_refused_and_nothing_written(tmp_path: Path) -> None:
+    import pandas as pd
+
+    world = tiny_raw()
+    world.actions.loc[0, "decided_at"] = pd.Timestamp("2031-06-01T12:00:00Z")
+    raw = tmp_path / "raw"
+    write_raw(world, raw, fmt="csv")
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    result = nba("features", "--raw", str(raw), env={"NBA_FEATURE_REPO": str(repo)})
+    assert_clean_failure(
+        result, "actions.decided_at", "not in the future", "row 1 2031-06-01T12:00:00+00:00"
+    )
+    assert list((repo / "data").iterdir()) == []
+
+
+def test_simulate_ending_now_writes_a_valid_folder(tmp_path: Path) -> None:
+    out = tmp_path / "world"
+    result = nba("simulate", "--out", str(out), "--customers", "50", "--days", "60")
+    assert result.returncode == 0, result.stderr
+    from features.contract import load_raw
+
+    load_raw(out)  # against the wall clock: nothing after now (+ the tolerance)

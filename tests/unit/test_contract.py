@@ -490,3 +490,78 @@ def test_violation_text() -> None:
         'bookings.fare, rule ">= 0": row 2 -1.0'
     )
     assert str(Violation("flights", None, "table present", [])) == 'flights, rule "table present"'
+
+
+# --- Event times in the future -------------------------------------------------------------------
+
+#: Every column that records when something happened; ``bookings.departs_at`` is a plan.
+EVENT_TIMES = {
+    ("customers", "created_at"),
+    ("bookings", "booked_at"),
+    ("flights", "scheduled_at"),
+    ("service_cases", "opened_at"),
+    ("service_cases", "closed_at"),
+    ("web_events", "ts"),
+    ("email_events", "ts"),
+    ("actions", "decided_at"),
+}
+#: The reference time of these tests: after every record of ``tiny_raw``.
+NOW = pd.Timestamp("2025-01-01T00:00:00Z")
+
+
+def test_event_time_columns_are_declared_in_the_schema() -> None:
+    declared = {(t, c.name) for t, spec in SCHEMA.items() for c in spec.columns if c.event_time}
+    assert declared == EVENT_TIMES
+
+
+@pytest.mark.parametrize(("table", "column"), sorted(EVENT_TIMES))
+def test_future_event_time_is_refused_with_table_column_rule_and_row(
+    tmp_path: Path, table: str, column: str
+) -> None:
+    folder = _folder(tmp_path)
+    if (table, column) == ("service_cases", "closed_at"):
+        _set(table, "opened_at", 2, "2031-05-01T09:00:00Z")(folder)  # keep closed >= opened
+    _set(table, column, 2, "2031-05-01T10:00:00Z")(folder)
+    with pytest.raises(ContractError) as info:
+        load_raw(folder, now=NOW.to_pydatetime())
+    found = [v for v in info.value.violations if (v.table, v.column) == (table, column)]
+    assert len(found) == 1
+    assert found[0].rule.startswith("not in the future (<= 2025-01-01T01:00:00+00:00")
+    assert found[0].examples == ["row 2 2031-05-01T10:00:00+00:00"]
+    line = f'  - {table}.{column}, rule "{found[0].rule}": row 2 2031-05-01T10:00:00+00:00'
+    assert line in str(info.value).splitlines()
+
+
+def test_future_departure_and_events_within_the_tolerance_are_accepted(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    _set("bookings", "departs_at", 1, "2031-05-01T10:00:00Z")(folder)  # a plan, not an event
+    _set("web_events", "ts", 1, "2025-01-01T00:59:59Z")(folder)  # clock skew: within 1 h
+    assert len(load_raw(folder, now=NOW.to_pydatetime()).web_events) == len(tiny_raw().web_events)
+    _set("web_events", "ts", 1, "2025-01-01T01:00:01Z")(folder)
+    with pytest.raises(ContractError, match=r"web_events\.ts, rule \"not in the future"):
+        load_raw(folder, now=NOW.to_pydatetime())
+
+
+def test_default_reference_is_the_wall_clock(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    load_raw(folder)  # tiny_raw lies in the past
+    soon = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=2)).isoformat()
+    _set("actions", "decided_at", 3, soon)(folder)
+    error = _load_error(folder)
+    assert [(v.table, v.column, v.count) for v in error.violations] == [
+        ("actions", "decided_at", 1)
+    ]
+
+
+def test_validate_refuses_future_events_in_memory() -> None:
+    raw = tiny_raw()
+    raw.customers.loc[0, "created_at"] = pd.Timestamp("2031-01-01T00:00:00Z")
+    raw.customers.loc[2, "created_at"] = pd.Timestamp("2031-01-02T00:00:00Z")
+    validate(raw, now=pd.Timestamp("2032-01-01T00:00:00Z").to_pydatetime())
+    with pytest.raises(ContractError) as info:
+        validate(raw, source="simulator", now=NOW.to_pydatetime())
+    (violation,) = info.value.violations
+    assert (violation.table, violation.column, violation.count) == ("customers", "created_at", 2)
+    assert "row 1 2031-01-01T00:00:00+00:00" in str(violation)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        validate(raw, now=NOW.tz_localize(None).to_pydatetime())

@@ -70,8 +70,11 @@ class StubTracker:
 
         return record
 
-    def gate(self, version: int, candidate: float, champion: float | None, force: bool) -> Any:
+    def gate(
+        self, version: int, candidate: float, champion: float | None, force: bool, **cas: Any
+    ) -> Any:
         self.gate_args = (version, candidate, champion, force)
+        self.gate_cas = cas
         return SimpleNamespace(promoted=force, reason="stub")
 
 
@@ -123,6 +126,7 @@ def test_pipeline_evaluates_then_logs_and_gates(world: RawData) -> None:
     assert tracker.calls[0] == "start_run" and "register" in tracker.calls
     assert tracker.gate_args is not None and tracker.gate_args[2] is None  # no champion yet
     assert tracker.gate_args[3] is True
+    assert tracker.gate_cas["compared_with"] is None
 
     # With a champion, it is evaluated on the same held-out decisions before anything is logged.
     from training.uplift import MultiActionUplift
@@ -135,6 +139,9 @@ def test_pipeline_evaluates_then_logs_and_gates(world: RawData) -> None:
     second = StubTracker(champion_model=champion)
     run_training(world, historical(world), second, PARAMS)
     assert second.gate_args is not None and np.isfinite(second.gate_args[2])
+    # The gate can re-evaluate whichever champion it finds at promotion, on the same data.
+    assert second.gate_cas["compared_with"] == 1
+    assert second.gate_cas["value_of"](1) == second.gate_args[2]
 
 
 def test_a_failure_before_logging_writes_nothing(world: RawData) -> None:

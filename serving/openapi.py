@@ -136,6 +136,7 @@ _HEALTH: Final = {
 def product_document(doc: dict[str, Any], version: str) -> dict[str, Any]:
     """The decision document (``decision_document``) as the product's own page shows it."""
     doc = copy.deepcopy(doc)
+    doc.pop("servers", None)  # BentoML's "." only adds a meaningless selector to the page
     doc["info"] = {"title": "nba decision API", "version": version, "description": DESCRIPTION,
                    "license": {"name": "Apache-2.0"}}  # fmt: skip
     doc["tags"] = [

@@ -88,11 +88,12 @@ class Chromium:
             raise RuntimeError("chromium is not installed (Debian: apt-get install chromium)")
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        port_file = folder / "DevToolsActivePort"
+        port_file.unlink(missing_ok=True)  # a previous browser's port
         self._process = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={folder}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        port_file = folder / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not port_file.exists() or not port_file.read_text().strip():
             if time.monotonic() > deadline or self._process.poll() is not None:

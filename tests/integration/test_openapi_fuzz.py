@@ -12,6 +12,7 @@ JSON Schema counts as an integer. Afterwards the decision and event logs hold on
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 
 from features import decision_log
 from serving import api
+from tests.cdp import CHROMIUM, Chromium
 from tests.integration.test_service_http import free_port, start_server, stop
 from tests.integration.test_train_cli import run
 
@@ -99,6 +101,55 @@ def servers(world: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 stop(process)
 
 
+def test_the_api_page_authorizes_and_tries_a_decision(
+    servers: dict[str, Any], tmp_path: Path
+) -> None:
+    # As an integrating engineer would: open the page, Authorize with a key, Try it out on
+    # /decide with the page's own example, Execute. Runs before the fuzz tests stop the servers.
+    if CHROMIUM is None:  # like Redis and PostgreSQL: skipped on a laptop, required in CI
+        message = "chromium is not installed (Debian: apt-get install chromium; .ci/run does)"
+        if os.environ.get("NBA_REQUIRE_SERVICES", "").lower() in ("1", "true"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = servers["true"][0]
+    with Chromium(tmp_path / "profile") as browser:
+        page = browser.page()
+        page.open(f"http://127.0.0.1:{port}/")
+        page.wait("document.querySelector('.btn.authorize') !== null")
+        assert page.eval("document.title") == "nba decision API"
+        assert "nba decision API" in page.eval("document.querySelector('.info .title').textContent")
+        # Nothing loaded from another host (no tag manager, no badges).
+        sources = page.eval("[...document.querySelectorAll('script[src], link[href], img[src]')]"
+                            ".map(e => e.src || e.href)")  # fmt: skip
+        assert sources and all(s.startswith(f"http://127.0.0.1:{port}/") for s in sources), sources
+        buttons = "[...document.querySelectorAll('.modal-ux button')]"
+        page.eval("document.querySelector('.btn.authorize').click()")
+        page.wait("document.querySelector('.modal-ux input') !== null")
+        page.eval("document.querySelector('.modal-ux input').focus()")
+        page.type(KEY)
+        page.eval(f"{buttons}.find(b => b.textContent.trim() === 'Authorize').click()")
+        page.wait(f"{buttons}.some(b => b.textContent.trim() === 'Logout')")
+        page.eval(f"{buttons}.find(b => b.textContent.trim() === 'Close').click()")
+        block = ("[...document.querySelectorAll('.opblock')].find(b => b.querySelector("
+                 "'.opblock-summary-path')?.textContent.replace(/\\u200b/g, '').trim() === "
+                 "'/decide')")  # fmt: skip
+        page.eval(f"({block}.querySelector('.opblock-summary-control') || "
+                  f"{block}.querySelector('.opblock-summary')).click()")  # fmt: skip
+        page.wait(f"{block}.querySelector('.try-out__btn') !== null")
+        page.eval(f"{block}.querySelector('.try-out__btn').click()")
+        page.wait(f"{block}.querySelector('.execute') !== null")
+        page.eval(f"{block}.querySelector('.execute').click()")
+        status = page.wait(
+            f"{block}.querySelector('.live-responses-table tbody .response-col_status')"
+            "?.textContent.trim()"
+        )
+        body = page.eval(f"{block}.querySelector('.live-responses-table tbody pre')?.textContent")
+        page.screenshot(tmp_path / "api-page.png")
+    assert status == "200", body
+    answer = json.loads(body)
+    assert answer["customer_id"] == "C0000001" and answer["action"] in api.Action.__args__  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("fast_path", list(RUNS), ids=["fast-path", "bentoml-path"])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     servers: dict[str, Any], fast_path: str
@@ -111,7 +162,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         result = subprocess.run(
             [str(SCHEMATHESIS), "run", f"http://127.0.0.1:{port}/docs.json",
              "-H", f"X-API-Key: {KEY}",
-             "--include-path-regex", "^/(decide|decide_batch|events)$",
+             "--include-path-regex", "^/(decide|decide_batch|events|healthz|readyz)$",
              "--checks", "all", "--exclude-checks", "positive_data_acceptance",
              "--phases", phases, "--max-examples", str(examples), "--seed", "14",
              "--workers", "1", "--request-timeout", "30",
@@ -123,7 +174,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     [path] = reports.glob("*.json")
     report = json.loads(path.read_text())
     summary = result.stdout[-4000:]
-    assert report["operations"]["tested"] == 3, summary
+    assert report["operations"]["tested"] == 5, summary
     assert report["failures"] == [] and report["errors"] == [], summary
     assert report["test_cases"]["generated"] >= least, summary
     assert result.returncode == 0, summary

@@ -18,6 +18,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         world, t_sim = _timed(f"simulate {args.customers:,} customers", lambda: simulate(cfg))
         n_raw = world.n_rows()
         rows.append(("simulate", f"{t_sim:.1f} s", f"{n_raw / t_sim:,.0f} rows/s", ""))
-        _, t_write = _timed("write parquet", lambda w=world: write_raw(w, work / "raw"))
+        _, t_write = _timed("write parquet", functools.partial(write_raw, world, work / "raw"))
         rows.append(("write raw parquet", f"{t_write:.1f} s", "", ""))
         del world
         raw, t_load = _timed("load + validate", lambda: load_raw(work / "raw"))
@@ -121,13 +122,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             adapter.write_offline(table)
             _, t_apply = _timed(f"feast apply ({store})", adapter.apply)
             _, t_mat = _timed(
-                f"materialize ({store})", lambda a=adapter: a.materialize(end=end.to_pydatetime())
+                f"materialize ({store})",
+                functools.partial(adapter.materialize, end=end.to_pydatetime()),
             )
             rows.append((f"apply + materialize ({store})", f"{t_apply + t_mat:.1f} s",
                          f"{args.customers / t_mat:,.0f} customers/s", ""))  # fmt: skip
             stats, _ = _timed(
                 f"online reads ({store})",
-                lambda a=adapter: measure_online_read(a.online_reader(), ids, args.reads),
+                functools.partial(measure_online_read, adapter.online_reader(), ids, args.reads),
             )
             ok = "yes" if stats["p99_ms"] <= 2.0 else "NO"
             rows.append(

@@ -43,6 +43,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import functools
 import inspect
 import pickle
 import resource
@@ -167,8 +168,8 @@ def _make_data(args: argparse.Namespace) -> tuple[TrainingSet, TrainingSet, list
     (train, test), t_asm = _timed("assemble + time split", prepare)
     rows.append(["assemble + split", f"{t_asm:.1f}", f"{len(train) + len(test):,}", "not timed"])
     if cache is not None:
-        with cache.open("wb") as fh:
-            pickle.dump((key, train, test), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        with cache.open("wb") as out:
+            pickle.dump((key, train, test), out, protocol=pickle.HIGHEST_PROTOCOL)
     return train, test, rows
 
 
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         fit_label, eval_label = f"fit {method!r}", f"evaluate {method!r}"
         _, t_fit = _timed(fit_label, fit)
-        ev, t_eval = _timed(eval_label, lambda m=model: evaluate(m, test, reward, costs))
+        ev, t_eval = _timed(eval_label, functools.partial(evaluate, model, test, reward, costs))
         cpu = _timed.cpu[fit_label] + _timed.cpu[eval_label] + _timed.cpu["fit_reward_model"]
         totals[method] = (t_fit + t_reward + t_eval, cpu, _peak_rss_gb())
         trees = sorted({b.num_trees() for b in _boosters(model)})

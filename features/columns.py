@@ -290,7 +290,7 @@ def _fill_one(i: int, value: object, kind: str, values: np.ndarray, present: np.
     if value is None:
         return
     if kind == "timestamp":
-        stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+        stamp = pd.Timestamp(value)
         if stamp is pd.NaT:
             return
         values[i] = (stamp if stamp.tzinfo else stamp.tz_localize("UTC")).value

@@ -15,7 +15,7 @@ import struct
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from features.columns import FeatureColumns, decode_packed, empty_column
 from features.deadlines import with_deadlines
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
+    from feast import FeatureService, FeatureStore, FeatureView
     from feast.repo_config import RepoConfig
 
 #: The offline feature table, relative to the Feast repo folder (Feast resolves the FileSource
@@ -101,7 +101,7 @@ def _to_utc_timestamp(value: object) -> pd.Timestamp | None:
     """A stored timestamp as read back from Feast, as a tz-aware UTC Timestamp or None."""
     if value is None:
         return None
-    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+    stamp = pd.Timestamp(value)
     if stamp is pd.NaT:
         return None
     return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
@@ -433,7 +433,7 @@ class DirectOnlineReader:
         elif is_redis:
             self._sqlite = _RedisRows(store, self._views)
 
-    def _key(self, customer_id: str) -> object:
+    def _key(self, customer_id: str) -> Any:
         return self._entity_key(
             join_keys=[schema.ENTITY], entity_values=[self._value(string_val=customer_id)]
         )
@@ -543,7 +543,7 @@ class _SqliteRows:
     def __init__(
         self,
         store: FeatureStore,
-        views: list[tuple[object, tuple[str, ...]]],
+        views: list[tuple[FeatureView, tuple[str, ...]]],
         timeout: float | None = None,
     ) -> None:
         import sqlite3
@@ -559,8 +559,7 @@ class _SqliteRows:
         path = SqliteOnlineStore._get_db_path(config)
         versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
         self._tables = [
-            (_table_id(config.project, view, versioning), names, view.ttl)  # type: ignore[attr-defined]
-            for view, names in views
+            (_table_id(config.project, view, versioning), names, view.ttl) for view, names in views
         ]
         self._path = path
         # A busy timeout is the read's deadline (the service passes its store deadline; WAL mode
@@ -812,20 +811,22 @@ class _RedisRows:
     count and budget in one round trip).
     """
 
-    def __init__(self, store: FeatureStore, views: list[tuple[object, tuple[str, ...]]]) -> None:
+    def __init__(
+        self, store: FeatureStore, views: list[tuple[FeatureView, tuple[str, ...]]]
+    ) -> None:
         from feast.infra.online_stores.redis import _versioned_fv_name
         from google.protobuf.timestamp_pb2 import Timestamp
 
         self._config = store.config
         self._online = store._get_provider().online_store
-        self._layout: list[tuple[tuple[str, ...], object]] = []
+        self._layout: list[tuple[tuple[str, ...], timedelta | None]] = []
         fields: list[bytes] = []
         for view, names in views:
             wanted, hset_keys = self._online._generate_hset_keys_for_features(  # type: ignore[attr-defined]
                 view, list(names), fv_name_override=_versioned_fv_name(view, self._config)
             )
             # Feast returns the requested names followed by the view's timestamp field.
-            self._layout.append((tuple(wanted[: len(names)]), view.ttl))  # type: ignore[attr-defined]
+            self._layout.append((tuple(wanted[: len(names)]), view.ttl))
             fields.extend(hset_keys)
         self._fields = fields
         self._timestamp = Timestamp

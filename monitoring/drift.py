@@ -138,7 +138,10 @@ class DriftConfig:
 class EngineRun(Protocol):
     """What a drift engine returns: per-column scores, and its rendered report."""
 
-    scores: Mapping[str, float]
+    @property
+    def scores(self) -> Mapping[str, float]:
+        """Per-column drift scores."""
+        ...
 
     def save_html(self, path: Path, summary: Mapping[str, Any]) -> None:
         """Write the report as a self-contained HTML file, headed by the run's ``summary``
@@ -321,7 +324,9 @@ def _columns(
                 "note": note,
             }
         )
-    rows.sort(key=lambda r: (not r["drifted"], -(r["score"] if r["score"] is not None else 1e9)))
+    rows.sort(
+        key=lambda r: (not r["drifted"], -(float(r["score"]) if r["score"] is not None else 1e9))
+    )
     return rows
 
 

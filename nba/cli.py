@@ -542,7 +542,7 @@ def serve(
             # compiling it (≈ 2.5 s a model).
             from serving.runtime import compile_for_batches
 
-            compiled = compile_for_batches(LoadedModel(model, info.version), settings)
+            compiled = compile_for_batches(LoadedModel(model, str(info.version)), settings)
             if compiled:
                 console.print(f"compiled {compiled} forests for batch decisions")
         console.print(f"serving {tracker.model_name} version {info.version} (champion)")

@@ -286,7 +286,7 @@ class RedisPipe:
                 self.timeout,
             )
             # asyncio sets TCP_NODELAY on TCP connections: small writes leave at once.
-            self._transport = transport  # type: ignore[assignment]
+            self._transport = transport
             self._protocol = protocol
             setup: list[bytes] = []
             if self.password:

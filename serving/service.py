@@ -452,4 +452,5 @@ class NBA:
         return EventAck(**self.runtime.handle_event(event.model_dump()))
 
 
-NBA.add_asgi_middleware(Gate)
+# ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.
+NBA.add_asgi_middleware(Gate)  # type: ignore[attr-defined]

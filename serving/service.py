@@ -121,6 +121,10 @@ class Gate:
         settings = _Holder.settings
         runtime = _Holder.runtime
         if path in ("/healthz", "/readyz"):
+            if scope["method"] not in ("GET", "HEAD"):
+                await _reply(send, *_json(405, {"error": "method not allowed",
+                                                "detail": {"allowed": ["GET"]}}))  # fmt: skip
+                return
             await self._health(path, runtime, send, _request_timeout(settings))
             return
         if path == "/docs.json":

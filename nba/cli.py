@@ -7,11 +7,13 @@ Heavy libraries are imported inside the commands so that ``nba --help`` is insta
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import pandas as pd
 import typer
@@ -36,6 +38,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: no <bool>/<str> metavars on flags, defaults shown.
+    rich_markup_mode=None,
 )
 #: Stage lines and messages (stderr); results go to ``output.out`` (stdout). See nba.output.
 console = output.err
@@ -43,7 +47,6 @@ console = output.err
 
 @app.callback()
 def _main(
-    ctx: typer.Context,
     workspace: Annotated[
         Path | None,
         typer.Option(
@@ -72,8 +75,28 @@ def _main(
         # Exported, not only passed down: `nba serve`'s workers and every subprocess see it.
         os.environ["NBA_HOME"] = str(workspace.resolve())
     # Quiet by default: a daily cron job prints its stages and a summary, not Feast's diffs.
-    restore = output.capture(workspaces.locate() / "logs" / "nba.log", verbose=verbose)
-    ctx.call_on_close(restore)
+    # The capture starts inside the command (``_quiet``), after its options were parsed, so
+    # that --help and usage errors still reach the terminal.
+    _RUN.update(log=workspaces.locate() / "logs" / "nba.log", verbose=verbose)
+
+
+#: The log file and verbosity of this invocation (set by the callback, used by ``_quiet``).
+_RUN: dict[str, Any] = {"log": Path("logs") / "nba.log", "verbose": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _quiet(command: F) -> F:
+    """Run ``command`` with the libraries' output sent to the log (``nba.output.capture``)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        restore = output.capture(_RUN["log"], verbose=_RUN["verbose"])
+        try:
+            return command(*args, **kwargs)
+        finally:
+            restore()
+
+    return cast(F, run)
 
 
 def _settings() -> Settings:
@@ -202,6 +225,7 @@ def _parse_time(value: str | None, option: str) -> pd.Timestamp:
 
 
 @app.command()
+@_quiet
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the raw tables to.")],
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
@@ -248,14 +272,16 @@ def simulate(
 
 
 @app.command()
+@_quiet
 def features(
     raw: Annotated[Path, typer.Option("--raw", help="Folder of raw tables (the contract).")],
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Snapshot time for the online store (ISO 8601); now."),
+        typer.Option("--as-of", help="Snapshot time of the online store, ISO 8601; default: now."),
     ] = None,
 ) -> None:
-    """Validate DIR, build the feature tables, `feast apply`, materialize the online store."""
+    """Validate the raw tables of --raw, build the feature tables, apply the Feast
+    declarations and materialize the online store."""
     from features.build import build_feature_table
     from features.contract import load_raw
 
@@ -286,6 +312,7 @@ def features(
 
 
 @app.command()
+@_quiet
 def train(
     raw: Annotated[Path, typer.Option("--raw", help="Folder of raw tables (the contract).")],
     force: Annotated[
@@ -309,7 +336,8 @@ def train(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train and evaluate on DIR's decisions, log to MLflow, register, gate the champion."""
+    """Train and evaluate on the decisions of --raw, log to MLflow, register, gate the
+    champion."""
     from features.contract import load_raw
     from training.pipeline import run_training
     from training.tracking import Tracker
@@ -390,6 +418,7 @@ def _print_evaluation(result: Any) -> None:
 
 
 @app.command()
+@_quiet
 def models() -> None:
     """Registered versions, their metrics, and which one is champion."""
     from training.tracking import Tracker
@@ -445,6 +474,7 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
 
 
 @app.command()
+@_quiet
 def score(
     actions: Annotated[
         Path, typer.Option("--actions", help="Rows customer_id, decided_at[, decision_id].")
@@ -502,6 +532,7 @@ def score(
 
 
 @app.command()
+@_quiet
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
@@ -568,6 +599,7 @@ def serve(
 
 
 @app.command()
+@_quiet
 def drift(
     since: Annotated[
         str | None, typer.Option(help="Window ending now: 7d, 24h, 2w, 90m (default 7d).")
@@ -712,11 +744,14 @@ def _print_drift(summary: dict[str, Any]) -> None:
     out.print(f"degraded decisions: {summary['degraded']['share']:.1%}")
 
 
-benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True)
+benchmark_app = typer.Typer(
+    help="Benchmarks on public data.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(benchmark_app, name="benchmark")
 
 
 @benchmark_app.command("hillstrom")
+@_quiet
 def benchmark_hillstrom(
     data: Annotated[Path, typer.Option("--data", help="The Hillstrom MineThatData CSV.")],
     seeds: Annotated[

@@ -25,8 +25,16 @@ from typing import TextIO
 from rich.console import Console
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-#: The streams the project's own output goes to (the terminal's, or a test runner's).
-_TERMINAL: dict[str, TextIO] = {"out": sys.stdout, "err": sys.stderr}
+#: The streams the project's own output goes to while a capture is on (the terminal's, or a
+#: test runner's); None: whatever ``sys.stdout`` / ``sys.stderr`` are at the time of writing.
+_TERMINAL: dict[str, TextIO | None] = {"out": None, "err": None}
+
+
+def _stream(name: str) -> TextIO:
+    bound = _TERMINAL[name]
+    if bound is not None:
+        return bound
+    return sys.stdout if name == "out" else sys.stderr
 
 
 class _Streamed(io.TextIOBase):
@@ -36,16 +44,16 @@ class _Streamed(io.TextIOBase):
         self._name = name
 
     def write(self, text: str) -> int:
-        return _TERMINAL[self._name].write(text)
+        return _stream(self._name).write(text)
 
     def flush(self) -> None:
-        _TERMINAL[self._name].flush()
+        _stream(self._name).flush()
 
     def isatty(self) -> bool:
-        return bool(getattr(_TERMINAL[self._name], "isatty", lambda: False)())
+        return bool(getattr(_stream(self._name), "isatty", lambda: False)())
 
     def fileno(self) -> int:
-        return _TERMINAL[self._name].fileno()
+        return _stream(self._name).fileno()
 
 
 #: Progress and messages (stderr) and results (stdout) of the commands.
@@ -99,9 +107,10 @@ def capture(log_file: Path, verbose: bool = False) -> Callable[[], None]:
     it (the CLI calls it when the command ends: tests run many commands in one process).
     """
     saved_streams = (sys.stdout, sys.stderr)
+    saved_terminal = dict(_TERMINAL)
     _TERMINAL["out"], _TERMINAL["err"] = saved_streams
     if verbose:
-        return lambda: None
+        return lambda: _TERMINAL.update(saved_terminal)
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
     filters = warnings.catch_warnings()
@@ -122,6 +131,7 @@ def capture(log_file: Path, verbose: bool = False) -> Callable[[], None]:
         root.handlers[:], level = saved_logging
         root.setLevel(level)
         sys.stdout, sys.stderr = saved_streams
+        _TERMINAL.update(saved_terminal)
         log.close_file()
 
     return restore

@@ -122,8 +122,9 @@ class Gate:
         runtime = _Holder.runtime
         if path in ("/healthz", "/readyz"):
             if scope["method"] not in ("GET", "HEAD"):
-                await _reply(send, *_json(405, {"error": "method not allowed",
-                                                "detail": {"allowed": ["GET"]}}))  # fmt: skip
+                status, payload = _json(405, {"error": "method not allowed",
+                                              "detail": {"allowed": ["GET", "HEAD"]}})  # fmt: skip
+                await _reply(send, status, payload, ((b"allow", b"GET, HEAD"),))
                 return
             await self._health(path, runtime, send, _request_timeout(settings))
             return
@@ -353,7 +354,9 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _reply(send: Send, status: int, payload: bytes) -> None:
+async def _reply(
+    send: Send, status: int, payload: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -361,6 +364,7 @@ async def _reply(send: Send, status: int, payload: bytes) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *headers,
             ],
         }
     )

@@ -24,57 +24,13 @@ re-exports the service.
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import bentoml
 
+from nba.champion import export_champion
 from serving.config import ENV_VAR, ServiceSettings
 from serving.service import NBA
-
-if TYPE_CHECKING:
-    from nba.settings import Settings
-
-logger = logging.getLogger(__name__)
-
-
-def export_champion(settings: Settings) -> Path:
-    """Export the registry's champion for the service, as ``nba serve`` does; its folder.
-
-    Raises ``RuntimeError`` when the registry has no champion.
-    """
-    from serving.decider import LoadedModel
-    from serving.runtime import compile_for_batches, export_model
-    from training.tracking import Tracker
-
-    tracker = Tracker(
-        settings.mlflow_tracking_uri,
-        artifact_location=settings.mlflow_artifact_location,
-        experiment=settings.mlflow_experiment,
-    )
-    info = tracker.champion()
-    if info is None:
-        raise RuntimeError(
-            f"no champion model in the registry of the workspace {settings.workspace}: run "
-            "`nba train --raw DIR --force` there, or set NBA_HOME to a trained workspace, or "
-            "NBA_MODEL_PATH to a model folder exported by `nba serve`"
-        )
-    model = tracker.load(info.version)
-    # One folder per model version and run, as nba serve names it: both share the export.
-    folder = (
-        settings.models_dir / "serving" / f"{tracker.model_name}-{info.version}-{info.run_id[:12]}"
-    )
-    label = f"{tracker.model_name}/{info.version}"
-    export_model(model, label, folder, info.run_id)
-    if settings.compiled_trees:
-        # Compiled once here, cached beside the export: the workers load the cached code.
-        served = settings.model_copy(update={"model_path": folder})
-        compile_for_batches(LoadedModel(model, label), served)
-    logger.info("serving %s version %s (champion) from %s", tracker.model_name, info.version,
-                folder)  # fmt: skip
-    return folder
 
 
 def service_settings() -> ServiceSettings:
@@ -84,7 +40,8 @@ def service_settings() -> ServiceSettings:
 
     settings = load_settings()
     if settings.model_path is None:
-        settings = settings.model_copy(update={"model_path": export_champion(settings)})
+        exported = export_champion(settings)  # NoChampionError stops the start-up, saying why
+        settings = settings.model_copy(update={"model_path": exported.folder})
     return ServiceSettings.of(settings)
 
 
@@ -98,4 +55,4 @@ def resolve() -> None:
 # settings come from whoever starts it); this entry is that starter for a bento.
 NBA.inner.nba_resolve_settings = bentoml.on_deployment(resolve)  # type: ignore[attr-defined]
 
-__all__ = ["NBA", "export_champion", "resolve", "service_settings"]
+__all__ = ["NBA", "resolve", "service_settings"]

@@ -549,34 +549,16 @@ def serve(
     settings = _prepare(_settings())
     env = dict(os.environ)
     if settings.model_path is None:
-        from serving.decider import LoadedModel
-        from serving.runtime import export_model
-        from training.tracking import Tracker
+        from nba.champion import NoChampionError, export_champion
 
-        tracker = Tracker(
-            settings.mlflow_tracking_uri,
-            artifact_location=settings.mlflow_artifact_location,
-            experiment=settings.mlflow_experiment,
-        )
-        info = tracker.champion()
-        if info is None:
-            raise CliError("no champion model in the registry: run `nba train --raw DIR --force`")
-        model = tracker.load(info.version)
-        # One folder per served model (its version and run): two services of one workspace, or
-        # two test servers, never overwrite each other's model.
-        label = f"{tracker.model_name}-{info.version}-{info.run_id[:12]}"
-        folder = settings.models_dir / "serving" / label
-        export_model(model, f"{tracker.model_name}/{info.version}", folder, info.run_id)
-        settings = settings.model_copy(update={"model_path": folder})
-        if settings.compiled_trees:
-            # Compile once here: the workers then load the cached code instead of each
-            # compiling it (≈ 2.5 s a model).
-            from serving.runtime import compile_for_batches
-
-            compiled = compile_for_batches(LoadedModel(model, str(info.version)), settings)
-            if compiled:
-                console.print(f"compiled {compiled} forests for batch decisions")
-        console.print(f"serving {tracker.model_name} version {info.version} (champion)")
+        try:
+            exported = export_champion(settings)
+        except NoChampionError as error:
+            raise CliError(str(error)) from None
+        settings = settings.model_copy(update={"model_path": exported.folder})
+        if exported.compiled:
+            console.print(f"compiled {exported.compiled} forests for batch decisions")
+        console.print(f"serving {exported.label} (champion)")
     from serving.config import ENV_VAR, ServiceSettings
 
     # The workers get the settings resolved here (serving.config), not a fresh read of theirs.

@@ -361,12 +361,7 @@ class Settings(BaseSettings):
 
     def action_costs(self) -> ActionCosts:
         """The value model's costs (raw-data contract defaults unless configured)."""
-        return ActionCosts(
-            promo_fare_share=self.cost_promo_fare_share,
-            apology_credit=self.cost_apology_credit,
-            recognition=self.cost_recognition,
-            unsubscribe=self.cost_unsubscribe,
-        )
+        return ActionCosts.of(self)
 
     def drift_config(self) -> DriftConfig:
         """Thresholds and sampling of ``nba drift``."""

@@ -73,12 +73,7 @@ class ServiceSettings(BaseModel):
 
     def action_costs(self) -> ActionCosts:
         """The value model's costs."""
-        return ActionCosts(
-            promo_fare_share=self.cost_promo_fare_share,
-            apology_credit=self.cost_apology_credit,
-            recognition=self.cost_recognition,
-            unsubscribe=self.cost_unsubscribe,
-        )
+        return ActionCosts.of(self)
 
     def feast_adapter(self) -> FeastAdapter:
         """The Feast adapter of these settings."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,16 @@ class ActionCosts:
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite cost >= 0, got {value}")
+
+    @classmethod
+    def of(cls, settings: Any) -> ActionCosts:
+        """The costs configured in settings (their ``cost_*`` fields: ``NBA_COST_*``)."""
+        return cls(
+            promo_fare_share=settings.cost_promo_fare_share,
+            apology_credit=settings.cost_apology_credit,
+            recognition=settings.cost_recognition,
+            unsubscribe=settings.cost_unsubscribe,
+        )
 
 
 def action_cost(action: str, revenue: np.ndarray, costs: ActionCosts) -> np.ndarray:

@@ -56,6 +56,6 @@ def test_settings_already_given_are_kept(home: Path, monkeypatch: pytest.MonkeyP
 def test_no_champion_is_a_clear_start_up_error(home: Path) -> None:
     from nba.bento import resolve
 
-    with pytest.raises(RuntimeError, match="no champion model in the registry of the workspace"):
+    with pytest.raises(LookupError, match="no champion model in the registry of the workspace"):
         resolve()
     assert ENV_VAR not in os.environ

@@ -17,19 +17,10 @@ from typing import Annotated, Any, TypeVar, cast
 
 import pandas as pd
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from nba import output
+from nba import output, report
+from nba.report import ACTION_NAMES
 from nba.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -141,9 +132,6 @@ def init(
     )
 
 
-#: The contract's actions, in display order.
-ACTION_NAMES = ("promo", "apology_credit", "recognition", "none")
-
 #: Environment switches that turn off the usage telemetry of MLflow, Feast, BentoML, Evidently.
 TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -155,60 +143,6 @@ TELEMETRY_OFF = {
 
 class CliError(Exception):
     """Bad input or a failed precondition: reported as one message, exit code 2."""
-
-
-class Stages:
-    """A progress bar over the named stages of a command, with each stage's duration.
-
-    Stages are short and few, so the bar advances per stage; a stage that has finer progress of
-    its own (Feast's materialization) prints it beneath.
-    """
-
-    def __init__(self, title: str, total: int) -> None:
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        self._title = title
-        self._total = total
-        self._task: TaskID | None = None
-        self._started = time.perf_counter()
-        self._label: str | None = None
-
-    def __enter__(self) -> Stages:
-        self._progress.start()
-        self._task = self._progress.add_task(self._title, total=self._total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self._finish_current()
-        self._progress.stop()
-
-    def _finish_current(self) -> None:
-        if self._label is not None and self._task is not None:
-            elapsed = time.perf_counter() - self._started
-            self._progress.console.print(f"[green]✓[/] {self._label} [dim]({elapsed:.1f} s)[/]")
-            self._progress.advance(self._task)
-        self._label = None
-
-    def __call__(self, label: str) -> None:
-        """Start the next stage (and close the previous one)."""
-        self._finish_current()
-        self._label = label
-        self._started = time.perf_counter()
-        if self._task is not None:
-            self._progress.update(self._task, description=f"{self._title}: {label}")
-
-    def done(self, label: str) -> None:
-        """Close the current stage under a final label (e.g. with a count learned meanwhile)."""
-        self._label = label
-        self._finish_current()
 
 
 def _parse_time(value: str | None, option: str) -> pd.Timestamp:
@@ -258,7 +192,7 @@ def simulate(
                               seed=seed, scenario=scenario,
                               scenario_days=scenario_days)  # fmt: skip
     started = time.perf_counter()
-    with Stages("simulating", total=8) as stage:
+    with output.Stages("simulating", total=8) as stage:
         world = run_simulation(config, on_step=stage)
         stage(f"writing {fmt} tables to {out}")
         write_raw(world, out, fmt=fmt)  # type: ignore[arg-type]
@@ -291,7 +225,7 @@ def features(
         raise CliError(f"--raw: {raw} is not a folder")
     settings = _prepare(settings)
     adapter = settings.feast_adapter()
-    with Stages("features", total=5) as stage:
+    with output.Stages("features", total=5) as stage:
         stage(f"validating {raw}")
         # Events after the snapshot (beyond the contract's tolerance) are refused, not dropped.
         world = load_raw(raw, now=snapshot)
@@ -308,7 +242,7 @@ def features(
         adapter.apply()
         stage(f"materializing {table['customer_id'].nunique():,} customers to the online store")
         adapter.materialize(end=snapshot)
-    _print_summary(settings, table, snapshot)
+    report.print_summary(settings, table, snapshot)
 
 
 @app.command()
@@ -367,7 +301,7 @@ def train(
         artifact_location=settings.mlflow_artifact_location,
         experiment=settings.mlflow_experiment,
     )
-    with Stages("training", total=5) as stage:
+    with output.Stages("training", total=5) as stage:
         stage(f"validating {raw}")
         world = load_raw(raw)
         result = run_training(
@@ -380,41 +314,7 @@ def train(
             stage=stage,
             source=str(raw),
         )
-    _print_evaluation(result)
-
-
-def _print_evaluation(result: Any) -> None:
-    ev = result.evaluation
-    out = output.out
-    uplift = Table(title=f"uplift ranking on randomized held-out decisions ({result.test_rows:,})")
-    for col in ("action", "rows", "Qini", "AUUC", "uplift@30%"):
-        uplift.add_column(col, justify="right" if col != "action" else "left")
-    for action, row in ev.uplift_table.iterrows():
-        uplift.add_row(str(action), f"{int(row['rows']):,}", f"{row['qini']:.3f}",
-                       f"{row['auuc']:.3f}", f"{row['uplift_at_30']:.3f}")  # fmt: skip
-    out.print(uplift)
-    table = Table(title="policy value per decision (net, currency units), held-out decisions")
-    cols = ["policy", "IPW", "SNIPW", "DR", "DR s.e."]
-    has_truth = "true" in ev.policy_table.columns
-    if has_truth:
-        cols.append("true")
-    for col in cols:
-        table.add_column(col, justify="right" if col != "policy" else "left")
-    for name, row in ev.policy_table.iterrows():
-        cells = [str(name), f"{row['ipw']:.2f}", f"{row['snipw']:.2f}", f"{row['dr']:.2f}",
-                 f"{row['dr_se']:.2f}"]  # fmt: skip
-        if has_truth:
-            cells.append(f"{row['true']:.2f}")
-        table.add_row(*cells)
-    out.print(table)
-    if has_truth:
-        share = ev.metrics["oracle_share_captured"]
-        out.print(f"share of the oracle's incremental value captured (true): {share:.1%}")
-    mix = ", ".join(f"{a} {ev.metrics[f'share_chosen_{a}']:.0%}" for a in ACTION_NAMES)
-    out.print(f"learned policy's action mix: {mix}")
-    gate = result.gate
-    verdict = "[green]promoted to champion[/]" if gate.promoted else "[yellow]not promoted[/]"
-    out.print(f"nba-uplift version {result.version}: {verdict} ({gate.reason})")
+    report.print_evaluation(result)
 
 
 @app.command()
@@ -442,24 +342,13 @@ def models() -> None:
             str(v.version),
             v.created.strftime("%Y-%m-%d %H:%M"),
             ", ".join(v.aliases) or "-",
-            _fmt(m.get("value_dr_learned")),
-            _fmt(m.get("value_true_learned")),
-            _fmt(m.get("oracle_share_captured"), pct=True),
-            _fmt(m.get("qini_promo"), digits=3),
+            report.fmt(m.get("value_dr_learned")),
+            report.fmt(m.get("value_true_learned")),
+            report.fmt(m.get("oracle_share_captured"), pct=True),
+            report.fmt(m.get("qini_promo"), digits=3),
             v.tags.get("gate.reason", "-"),
         )
-    _wide().print(table)
-
-
-def _wide() -> Console:
-    """A console wide enough for our tables whatever the terminal (CI logs have no width)."""
-    return output.wide()
-
-
-def _fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:.1%}" if pct else f"{value:.{digits}f}"
+    report.wide().print(table)
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -509,7 +398,7 @@ def score(
         experiment=settings.mlflow_experiment,
     )
     adapter = settings.feast_adapter()
-    with Stages("scoring", total=3) as stage:
+    with output.Stages("scoring", total=3) as stage:
         stage("loading the champion model")
         model = tracker.load()
         stage(f"retrieving features at {len(requests):,} rows (Feast, point in time)")
@@ -655,7 +544,7 @@ def drift(
         return reference_from_model(tracker(settings.mlflow_experiment), version)
 
     project = f"nba {settings.environment}"
-    with Stages("drift", total=6 - (not mlflow) - (not workspace)) as stage:
+    with output.Stages("drift", total=6 - (not mlflow) - (not workspace)) as stage:
         job = run_job(
             folder=log_dir or settings.decision_log_dir,
             start=lo,
@@ -669,7 +558,7 @@ def drift(
             environment=settings.environment,
             stage=stage,
         )
-    _print_drift(job.summary)
+    report.print_drift(job.summary)
     console.print(f"report: {job.html}\nsummary: {job.summary_file}")
     if job.snapshot_id:
         console.print(
@@ -678,52 +567,6 @@ def drift(
         )
     if job.exit_code:
         raise typer.Exit(job.exit_code)
-
-
-def _print_drift(summary: dict[str, Any]) -> None:
-    out = _wide()
-    feats = summary["features"]
-    status = {"drift": "[red]DRIFT[/]", "too_few_decisions": "[yellow]NOT JUDGED[/]"}.get(
-        summary["status"], "[green]ok[/]"
-    )
-    out.print(
-        f"{status}: {summary['window_rows']:,} decisions from {summary['window_start']} to "
-        f"{summary['window_end']} against {summary['reference']} "
-        f"({summary['reference_rows']:,} reference rows); "
-        f"{feats['drifted']} of {feats['compared']} features drifted ({feats['share']:.0%})"
-    )
-    for alert in summary["alerts"]:
-        out.print(f"  [red]![/] {alert}")
-    if summary.get("sample_warning"):
-        out.print(f"[yellow]warning:[/] {summary['sample_warning']}")
-        for alert in summary.get("suppressed_alerts", []):
-            out.print(f"  [yellow]would have alerted:[/] {alert}")
-    table = Table(title=f"drifted features and predictions ({summary['thresholds']['method']})")
-    for col in ("column", "score", "mean ref", "mean now", "missing ref", "missing now", "note"):
-        table.add_column(col, justify="left" if col in ("column", "note") else "right")
-    rows = [r for g in ("features", "predictions") for r in summary[g]["columns"] if r["drifted"]]
-    for r in rows[:15]:
-        table.add_row(r["column"], _fmt(r["score"], 3), _fmt(r["mean_reference"]),
-                      _fmt(r["mean_current"]), _fmt(r["missing_reference"], pct=True),
-                      _fmt(r["missing_current"], pct=True), r["note"])  # fmt: skip
-    if rows:
-        out.print(table)
-    mix = Table(title="action mix (preferred: the model's choice before guardrails)")
-    for col in ("action", "reference", "preferred now", "shift", "logged now", "blocked now"):
-        mix.add_column(col, justify="left" if col == "action" else "right")
-    blocked = summary["guardrails"]["blocked_share"]
-    for r in summary["actions"]:
-        shift = "-" if r["shift"] is None else f"{r['shift']:+.1%}"
-        mix.add_row(
-            r["action"],
-            _fmt(r["reference_share"], pct=True),
-            _fmt(r["preferred_share"], pct=True),
-            shift,
-            _fmt(r["logged_share"], pct=True),
-            _fmt(blocked.get(r["action"]), pct=True),
-        )
-    out.print(mix)
-    out.print(f"degraded decisions: {summary['degraded']['share']:.1%}")
 
 
 benchmark_app = typer.Typer(
@@ -765,33 +608,16 @@ def benchmark_hillstrom(
     for _, row in table.iterrows():
         out.add_row(
             str(row["learner"]),
-            _fmt(row.get("qini_womens"), 3),
-            _fmt(row.get("qini_mens"), 3),
-            _fmt(row.get("ipw_value_3arm"), 4),
-            _fmt(row.get("qini_womens_mean"), 3),
-            _fmt(row.get("qini_mens_mean"), 3),
-            _fmt(row.get("ipw_value_3arm_mean"), 4),
-            _fmt(row.get("seconds"), 1),
+            report.fmt(row.get("qini_womens"), 3),
+            report.fmt(row.get("qini_mens"), 3),
+            report.fmt(row.get("ipw_value_3arm"), 4),
+            report.fmt(row.get("qini_womens_mean"), 3),
+            report.fmt(row.get("qini_mens_mean"), 3),
+            report.fmt(row.get("ipw_value_3arm_mean"), 4),
+            report.fmt(row.get("seconds"), 1),
             str(row.get("error") or ""),
         )
-    _wide().print(out)
-
-
-def _print_summary(settings: Settings, table: pd.DataFrame, snapshot: pd.Timestamp) -> None:
-    from features import schema
-
-    latest = table[table[schema.EVENT_TIMESTAMP] == snapshot]
-    summary = Table(title=f"online features as of {snapshot.isoformat()}")
-    summary.add_column("signal")
-    summary.add_column("customers", justify="right")
-    summary.add_row("with an open service case", f"{int((latest.open_case_count > 0).sum()):,}")
-    summary.add_row("unsubscribed from email", f"{int(latest.unsubscribed.sum()):,}")
-    summary.add_row(
-        "past 1,000,000 lifetime miles", f"{int((latest.lifetime_miles >= 1e6).sum()):,}"
-    )
-    summary.add_row("booked in the last 30 days", f"{int((latest.bookings_30d > 0).sum()):,}")
-    output.out.print(summary)
-    console.print(f"feature repo: {settings.feature_repo} (online store: {settings.online_store})")
+    report.wide().print(out)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import io
 import logging
 import re
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +24,15 @@ from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 #: The streams the project's own output goes to while a capture is on (the terminal's, or a
@@ -135,3 +145,57 @@ def capture(log_file: Path, verbose: bool = False) -> Callable[[], None]:
         log.close_file()
 
     return restore
+
+
+class Stages:
+    """A progress bar over the named stages of a command, with each stage's duration.
+
+    Stages are few, so the bar advances per stage, with a spinner and the elapsed time while one
+    runs; each closed stage stays on screen with its duration.
+    """
+
+    def __init__(self, title: str, total: int) -> None:
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._title = title
+        self._total = total
+        self._task: TaskID | None = None
+        self._started = time.perf_counter()
+        self._label: str | None = None
+
+    def __enter__(self) -> Stages:
+        self._progress.start()
+        self._task = self._progress.add_task(self._title, total=self._total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._finish_current()
+        self._progress.stop()
+
+    def _finish_current(self) -> None:
+        if self._label is not None and self._task is not None:
+            elapsed = time.perf_counter() - self._started
+            self._progress.console.print(f"[green]✓[/] {self._label} [dim]({elapsed:.1f} s)[/]")
+            self._progress.advance(self._task)
+        self._label = None
+
+    def __call__(self, label: str) -> None:
+        """Start the next stage (and close the previous one)."""
+        self._finish_current()
+        self._label = label
+        self._started = time.perf_counter()
+        if self._task is not None:
+            self._progress.update(self._task, description=f"{self._title}: {label}")
+
+    def done(self, label: str) -> None:
+        """Close the current stage under a final label (e.g. with a count learned meanwhile)."""
+        self._label = label
+        self._finish_current()

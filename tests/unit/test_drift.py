@@ -220,13 +220,13 @@ def test_a_column_constant_on_both_sides_is_not_compared_nor_drawn() -> None:
 
 
 def test_the_command_prints_the_sample_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    from nba.cli import _print_drift
+    from nba.report import print_drift
 
     ref = reference_frame()
     fixed = {c: 1.0 for c in FEATURE_COLUMNS}
     summary = run_drift(ref, window_frame(3), StubEngine(fixed), DriftConfig()).summary
     summary.update(window_start="2026-11-01", window_end="2026-11-08", reference="nba-uplift/3")
-    _print_drift(summary)
+    print_drift(summary)
     out = capsys.readouterr().out
     assert out.startswith("NOT JUDGED: 3 decisions")
     assert "warning: too few decisions to judge drift: 3 decisions" in out

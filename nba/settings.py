@@ -209,6 +209,19 @@ class Settings(BaseSettings):
     require_services: bool = Field(
         default=False, description="Tests: fail instead of skip when Redis/PostgreSQL is absent."
     )
+    log_fsync: bool = Field(
+        default=False,
+        description="fdatasync the log journal after every decision and event (survives a power "
+        "loss too; costs a disk flush per request). Off: a record is safe from a process crash "
+        "once written, the OS flushes it within seconds.",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, how long each worker waits for the requests in flight to be "
+        "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
+    )
 
     @model_validator(mode="before")
     @classmethod

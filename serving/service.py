@@ -52,6 +52,7 @@ from serving.api import (
 )
 from serving.decider import Request
 from serving.runtime import Runtime
+from serving.server import drain_idle_connections
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +329,5 @@ class NBA:
 
 
 NBA.add_asgi_middleware(Gate)
+# SIGTERM: answer a request racing the worker's shutdown instead of resetting its connection.
+drain_idle_connections()

@@ -8,7 +8,9 @@ last seconds unless ``fsync`` is set (one ``fdatasync`` per record, a few millis
 disks, off by default).
 
 A record is one row (``{"r": {...}}``) or a batch of rows as columns (``{"c": {...}, "n":
-n}``; a ``(values, null_mask)`` column becomes ``{"v": values, "m": mask}``).
+n}``; a numeric column is its bytes in base64 with a packed null mask, see ``encode_columns``).
+A line that does not parse (the one being written when a disk filled up, or a power loss hit)
+is skipped on reading: its answer was never sent.
 
 The Parquet log (``features.decision_log``) is derived from the segments and is what readers
 read. The segment/offset scheme, which makes the derivation exactly-once:

@@ -72,8 +72,10 @@ def test_a_part_written_before_the_crash_is_not_written_twice(tmp_path: Path) ->
     table = journal.decode(segment.path, SCHEMA)
     first_day = table.slice(0, 2)
     tag = segment.path.name.removesuffix(journal.SUFFIX)
-    decision_log.write_table(tmp_path, first_day, "decided_at", tag=tag)
+    [written] = decision_log.write_table(tmp_path, first_day, "decided_at", tag=tag)
+    before = written.stat().st_ino
     assert journal.recover(tmp_path, SCHEMA, "decided_at") == 4
+    assert written.stat().st_ino == before  # the day already in Parquet was not written again
     assert not segment.path.exists()
     ids = _ids(tmp_path)  # read_log recovers too: nothing left to do
     assert sorted(ids) == ["d0", "d1", "d2", "d3"]

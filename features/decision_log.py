@@ -21,11 +21,16 @@ to one folder without coordination and a reader selects days by folder name.
 
 ``/events`` records go to their own folder in the same layout (``EVENT_COLUMNS``).
 
+The service writes each row first to the folder's crash-safe journal (``features.journal``)
+before answering, and derives the parts from it; ``read_log`` first recovers the journal
+segments whose writer is gone, so a reader sees every answered row exactly once.
+
 Pure I/O over pyarrow: no clock, no threads (the service's writer owns those).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -37,8 +42,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import schema
+from features import journal, schema
 from features.contract import ACTIONS
+
+logger = logging.getLogger(__name__)
 
 #: The raw contract's ``actions`` columns, first and in contract order.
 ACTION_COLUMNS: Final[tuple[str, ...]] = (
@@ -173,8 +180,24 @@ def column_rows(columns: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
     return [{name: values[i] for name, values in lists.items()} for i in range(n)]
 
 
-def write_table(folder: Path, table: pa.Table, time_column: str, seq: int) -> list[Path]:
-    """Append a table of log rows to ``folder`` (``write_part``'s layout and renaming)."""
+def write_table(
+    folder: Path,
+    table: pa.Table,
+    time_column: str,
+    seq: int = 0,
+    *,
+    tag: str | None = None,
+    skip_existing: bool = False,
+    durable: bool = False,
+) -> list[Path]:
+    """Append a table of log rows to ``folder`` (``write_part``'s layout and renaming).
+
+    ``tag`` replaces ``<pid>-<seq>`` in the file names (a journal segment's name); with
+    ``skip_existing`` a day that already has a part of that tag is not written again (a
+    segment recovered after a crash that came between its part and its deletion). ``durable``
+    fsyncs each file before and its folder after the rename (the journal segment is deleted
+    next: the part must be on disk first).
+    """
     if not table.num_rows:
         return []
     stamps = table.column(time_column).cast(pa.timestamp("us", tz="UTC"))
@@ -184,15 +207,30 @@ def write_table(folder: Path, table: pa.Table, time_column: str, seq: int) -> li
     unique = sorted(days.unique())
     for day in unique:
         part = table if len(unique) == 1 else table.filter(pa.array((days == day).to_numpy()))
-        first = pd.Timestamp(part.column(time_column)[0].as_py())
         target = folder / f"date={day}"
+        if skip_existing and tag is not None and any(target.glob(f"part-*-{tag}.parquet")):
+            continue
+        first = pd.Timestamp(part.column(time_column)[0].as_py())
         target.mkdir(parents=True, exist_ok=True)
-        name = f"part-{first.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}-{seq:06d}.parquet"
+        suffix = tag if tag is not None else f"{os.getpid()}-{seq:06d}"
+        name = f"part-{first.strftime('%Y%m%dT%H%M%S%f')}-{suffix}.parquet"
         tmp = target / f".{name}.tmp"
         pq.write_table(part, tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, target / name)
+        if durable:
+            _fsync(target, directory=True)
         written.append(target / name)
     return written
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_log(
@@ -207,6 +245,11 @@ def read_log(
     Days outside the bounds are skipped by folder name. Columns absent from older files come
     back as nulls. An absent or empty folder gives an empty frame with every column.
     """
+    if (folder / journal.JOURNAL_DIR).is_dir():
+        try:  # segments of a killed writer not yet recovered by a restarted one
+            journal.recover(folder, arrow_schema, time_column)
+        except OSError as error:  # a read-only copy: read what is in parts
+            logger.warning("journal of %s not recovered: %s", folder, error)
     files: list[Path] = []
     if folder.is_dir():
         lo = _day_folder(start) if start is not None else None

@@ -460,8 +460,12 @@ def serve(
     env["BENTOML_CONFIG_OPTIONS"] = " ".join(
         filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), options])
     )
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:NBA",
-               "--host", host, "--port", str(port)]  # fmt: skip
+    # ``bentoml serve`` whose arbiter stops accepting first on SIGTERM (``serving.server``);
+    # each worker's uvicorn then answers the requests in flight and runs the shutdown hooks;
+    # after the grace it cancels what still runs instead of waiting forever (BentoML's default).
+    command = [sys.executable, "-m", "serving.server", "serving.service:NBA",
+               "--host", host, "--port", str(port),
+               "--timeout-graceful-shutdown", str(settings.shutdown_grace_seconds)]  # fmt: skip
     console.print(f"listening on http://{host}:{port} with {count} worker(s)")
     sys.stderr.flush()
     # Replace this process with BentoML's server: SIGTERM from a supervisor then reaches the

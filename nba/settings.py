@@ -277,6 +277,20 @@ class Settings(BaseSettings):
         "reports the figures but never alerts (exit 7, status too_few_decisions).",
     )
 
+    log_fsync: bool = Field(
+        default=False,
+        description="fdatasync the log journal after every decision and event (survives a power "
+        "loss too; costs a disk flush per request). Off: a record is safe from a process crash "
+        "once written, the OS flushes it within seconds.",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, how long each worker waits for the requests in flight to be "
+        "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

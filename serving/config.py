@@ -63,6 +63,8 @@ class ServiceSettings(BaseModel):
     store_timeout_seconds: float
     request_timeout_seconds: float
     store_cooldown_seconds: float
+    log_fsync: bool
+    shutdown_grace_seconds: int
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:

@@ -234,13 +234,11 @@ class Runtime:
                 raise RuntimeError("feature store not opened")
             return breaker.call(reader.read_columns, ids)
 
-        flush = settings.log_flush_seconds
-        decision_writer = LogWriter(
-            Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA, "decided_at", flush
-        )
-        event_writer = LogWriter(
-            Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts", flush
-        )
+        flush, fsync = settings.log_flush_seconds, settings.log_fsync
+        decision_writer = LogWriter(Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA,
+                                    "decided_at", flush, fsync=fsync)  # fmt: skip
+        event_writer = LogWriter(Path(settings.events_log_dir), decision_log.EVENT_SCHEMA, "ts",
+                                 flush, fsync=fsync)  # fmt: skip
         budget = open_apology_budget(settings, redis_breaker)
         history = open_promo_history(settings, redis_breaker)
         # Production profile: a decision's features, promo count and budget in one Redis round

@@ -65,6 +65,7 @@ from serving.config import from_environment
 from serving.decider import Request
 from serving.openapi import api_page, decision_document, product_document
 from serving.runtime import Runtime
+from serving.server import drain_idle_connections
 
 logger = logging.getLogger(__name__)
 
@@ -462,3 +463,5 @@ class NBA:
 
 # ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.
 NBA.add_asgi_middleware(Gate)  # type: ignore[attr-defined]
+# SIGTERM: answer a request racing the worker's shutdown instead of resetting its connection.
+drain_idle_connections()

@@ -70,21 +70,24 @@ def test_log_writer_loses_nothing_across_threads_and_days(tmp_path: Path) -> Non
     writer.close()
     frame = decision_log.read_decisions(tmp_path)
     assert len(frame) == 2000 and frame["decision_id"].is_unique
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2026-11-23", "date=2026-11-24"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_journal", "date=2026-11-23",
+                                                          "date=2026-11-24"]  # fmt: skip
+    assert not list((tmp_path / "_journal").iterdir())  # every segment became parts
     with pytest.raises(RuntimeError, match="closed"):
         writer.append({"decision_id": "late"})
 
 
 def test_log_writer_retries_a_failed_write(tmp_path: Path) -> None:
-    blocker = tmp_path / "log"
-    blocker.write_text("a file where the folder should be")
-    writer = LogWriter(blocker, decision_log.DECISION_SCHEMA, "decided_at", flush_seconds=0.01)
+    blocker = tmp_path / "date=2026-11-23"
+    blocker.write_text("a file where the day's folder should be")
+    writer = LogWriter(tmp_path, decision_log.DECISION_SCHEMA, "decided_at", flush_seconds=0.01)
     writer.append({"decision_id": "d1", "customer_id": "C", "decided_at": T0, "action": "none"})
     threading.Event().wait(0.1)
     assert writer.written == 0
+    assert len(list((tmp_path / "_journal").iterdir())) == 1  # kept in the journal meanwhile
     blocker.unlink()  # the disk problem goes away: the same row is written at the next flush
     writer.close()
-    assert decision_log.read_decisions(blocker)["decision_id"].tolist() == ["d1"]
+    assert decision_log.read_decisions(tmp_path)["decision_id"].tolist() == ["d1"]
 
 
 def test_facts_read_like_sentences() -> None:

@@ -21,7 +21,7 @@ import multiprocessing as mp
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,23 +91,8 @@ def _reader(
     reader = FeastAdapter(Path(repo), Path("feature_store.yaml")).direct_reader()
     for customer in ids[:200]:  # warm-up: registry, connection, code paths
         reader.read(customer)
-    starts, latency, failed, errors = [], [], [], []
-    clock = time.monotonic
-    ready.set()  # type: ignore[attr-defined]
-    i = 0
-    while not stop.is_set():  # type: ignore[attr-defined]
-        start = clock()
-        try:
-            reader.read(ids[i % len(ids)])
-            bad = False
-        except sqlite3.OperationalError as error:
-            bad = True
-            errors.append(str(error))
-        starts.append(start)
-        latency.append((clock() - start) * 1000)
-        failed.append(bad)
-        i += 1
-    out.put((starts, latency, failed, errors[:5]))  # type: ignore[attr-defined]
+    _timed_calls(lambda i: reader.read(ids[i % len(ids)]), sqlite3.OperationalError, 0.0, ready,
+             stop, out)  # fmt: skip
 
 
 def _pusher(repo: str, customers: int, ready: object, stop: object, out: object) -> None:
@@ -117,23 +102,42 @@ def _pusher(repo: str, customers: int, ready: object, stop: object, out: object)
     rows = synthetic_table(min(customers, 500), when, seed=3).loc[:, list(PUSH_COLUMNS)]
     for i in range(3):  # warm-up
         adapter.push(rows.iloc[[i]])
-    starts, latency, failed, errors = [], [], [], []
+    # Any failure is what /events would answer 503 for.
+    _timed_calls(lambda i: adapter.push(rows.iloc[[i % len(rows)]]), Exception, 0.05, ready, stop,
+             out)  # fmt: skip
+
+
+def _timed_calls(
+    call: Callable[[int], object],
+    failure: type[Exception],
+    pause: float,
+    ready: object,
+    stop: object,
+    out: object,
+) -> None:
+    """Call ``call(i)`` for i = 0, 1, ... until ``stop``, timing each call and counting the
+    ``failure`` exceptions; put (starts, latencies in ms, failed flags, first errors) on ``out``."""
+    starts: list[float] = []
+    latency: list[float] = []
+    failed: list[bool] = []
+    errors: list[str] = []
     clock = time.monotonic
     ready.set()  # type: ignore[attr-defined]
     i = 0
     while not stop.is_set():  # type: ignore[attr-defined]
         start = clock()
         try:
-            adapter.push(rows.iloc[[i % len(rows)]])
+            call(i)
             bad = False
-        except Exception as error:  # what /events would answer 503 for
+        except failure as error:
             bad = True
             errors.append(f"{type(error).__name__}: {error}")
         starts.append(start)
         latency.append((clock() - start) * 1000)
         failed.append(bad)
         i += 1
-        time.sleep(0.05)
+        if pause:
+            time.sleep(pause)
     out.put((starts, latency, failed, errors[:5]))  # type: ignore[attr-defined]
 
 

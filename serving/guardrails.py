@@ -383,8 +383,10 @@ def _compile_any(members: Sequence[_Compiled]) -> _Compiled:
 
 # --- Reason templates -----------------------------------------------------------------------------
 
-#: A parsed template: (literal text, value name or None, format spec).
+#: A parsed run of template text: (literal text, value name or None, format spec).
 _Piece = tuple[str, str | None, str]
+#: A template segment: (optional, its pieces); see ``_parse_template``.
+_Segment = tuple[bool, tuple[_Piece, ...]]
 _SAMPLES: Final[dict[str, Any]] = {
     "int": 1,
     "float": 1.5,
@@ -394,10 +396,8 @@ _SAMPLES: Final[dict[str, Any]] = {
 }
 
 
-def _parse_template(template: Any) -> tuple[_Piece, ...]:
-    """Validate a reason template ("{name:spec}" fields of known names) and split it."""
-    if not isinstance(template, str) or not template.strip():
-        raise ValueError(f"'reason' must be a non-empty text, got {template!r}")
+def _parse_fields(template: str) -> tuple[_Piece, ...]:
+    """Validate a run of template text ("{name:spec}" fields of known names) and split it."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -422,20 +422,59 @@ def _parse_template(template: Any) -> tuple[_Piece, ...]:
     return tuple(pieces)
 
 
-def _render(pieces: Sequence[_Piece], values: Mapping[str, Any]) -> str:
+def _parse_template(template: Any) -> tuple[_Segment, ...]:
+    """Validate a reason template and split it into segments.
+
+    ``[...]`` marks an optional segment: it is shown only when every value it names is known,
+    so that a reason never prints a placeholder for a fact that is not on record ("recognition
+    only within 30 days of a milestone[ (last {days_since_last_milestone:.0f} days ago)]").
+    Outside brackets a missing value still shows as ``MISSING_TEXT``. Brackets do not nest.
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"'reason' must be a non-empty text, got {template!r}")
+    segments: list[_Segment] = []
+    rest = template
+    while rest:
+        opening, closing = rest.find("["), rest.find("]")
+        if opening < 0:
+            if closing >= 0:
+                raise ValueError(f"reason {template!r}: ']' without '['")
+            segments.append((False, _parse_fields(rest)))
+            break
+        if closing < opening or "[" in rest[opening + 1 : closing]:
+            raise ValueError(f"reason {template!r}: optional parts are '[...]', not nested")
+        if opening:
+            segments.append((False, _parse_fields(rest[:opening])))
+        segments.append((True, _parse_fields(rest[opening + 1 : closing])))
+        rest = rest[closing + 1 :]
+    return tuple(segments)
+
+
+def _format(value: Any, spec: str) -> str | None:
+    """``value`` formatted with ``spec``; None when it is missing or of the wrong type."""
+    if is_missing(value):
+        return None
+    if isinstance(value, bool | np.bool_) and not spec:
+        return "yes" if value else "no"  # not Python's True/False in a customer's reason
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):  # a value of the wrong type must not crash a request
+        return None
+
+
+def _render(segments: Sequence[_Segment], values: Mapping[str, Any]) -> str:
     out: list[str] = []
-    for literal, name, spec in pieces:
-        out.append(literal)
-        if name is None:
-            continue
-        value = values.get(name)
-        if is_missing(value):
-            out.append(MISSING_TEXT)
-            continue
-        try:
-            out.append(format(value, spec))
-        except (TypeError, ValueError):  # a value of the wrong type must not crash a request
-            out.append(MISSING_TEXT)
+    for optional, pieces in segments:
+        texts = [None if name is None else _format(values.get(name), spec)
+                 for _, name, spec in pieces]  # fmt: skip
+        unknown = [name for (_, name, _), text in zip(pieces, texts, strict=True)
+                   if name is not None and text is None]  # fmt: skip
+        if optional and unknown:
+            continue  # a fact not on record: say nothing rather than "?"
+        for (literal, name, _), text in zip(pieces, texts, strict=True):
+            out.append(literal)
+            if name is not None:
+                out.append(MISSING_TEXT if text is None else text)
     return "".join(out)
 
 
@@ -456,14 +495,15 @@ class Rule:
     reads: frozenset[str]
     _fires: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
     _fires_vector: Callable[[_Columns], np.ndarray] = field(repr=False, compare=False)
-    _pieces: tuple[_Piece, ...] = field(repr=False, compare=False)
+    _pieces: tuple[_Segment, ...] = field(repr=False, compare=False)
 
     def fires(self, values: Mapping[str, Any]) -> bool:
         """Whether this rule makes its action ineligible for ``values`` (fail closed)."""
         return self._fires(values)
 
     def render(self, values: Mapping[str, Any]) -> str:
-        """The reason text for ``values``; a missing value shows as ``MISSING_TEXT``."""
+        """The reason text for ``values``: an optional part naming a missing value is left out,
+        elsewhere a missing value shows as ``MISSING_TEXT``."""
         return _render(self._pieces, values)
 
 

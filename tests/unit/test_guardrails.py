@@ -317,16 +317,35 @@ def test_reasons_render_the_fired_rules_with_their_values() -> None:
     }
     blocked = evaluate(RULES, values)
     assert reasons(RULES, values, blocked) == [
-        "case C-77 open since 2 days: no promo",
-        "delay 3 days ago: no promo for 14 days after a negative experience",
-        "1 promo(s) in the last 7 days: at most 1 per 7 days",
+        "no promo while a service case is open (case C-77, open 2 days)",
+        "no promo for 14 days after a negative experience (delay 3 days ago)",
+        "at most 1 promo per 7 days (1 in the last 7 days)",
     ]
     only_recognition = {"recognition": blocked["recognition"]}
     assert reasons(RULES, values, only_recognition) == []
 
 
-def test_reasons_show_missing_or_unformattable_values_as_a_question_mark() -> None:
+def test_reasons_leave_out_facts_not_on_record() -> None:
+    # An optional part ([...] in the file) naming a missing or unformattable value is left out.
     values = {"open_case_count": 1, "oldest_open_case_age_days": "two"}
     texts = reasons(RULES, values, {"promo": ["open_service_case"]})
-    assert texts == [f"case {MISSING_TEXT} open since {MISSING_TEXT} days: no promo"]
-    assert all(isinstance(text, str) for text in reasons(RULES, {}, evaluate(RULES, {})))
+    assert texts == ["no promo while a service case is open"]
+    for text in reasons(RULES, {}, evaluate(RULES, {})):
+        assert MISSING_TEXT not in text and "None" not in text and "False" not in text, text
+    values = {"days_since_last_negative": 40.0, "compensated_since_last_negative": False}
+    [text] = reasons(
+        RULES, values, {"apology_credit": ["apology_needs_recent_uncompensated_negative"]}
+    )
+    assert text.endswith("(last one 40 days ago, compensated: no)")
+
+
+def test_optional_reason_parts_are_validated_and_required_ones_keep_the_marker() -> None:
+    rule = {"name": "r", "action": "promo", "effect": "block",
+            "when": {"feature": "promos_7d", "op": ">", "value": 0}}  # fmt: skip
+    for bad in ("a [b", "a ]b", "a [b [c]]", "a [{nope}]"):
+        with pytest.raises(GuardrailError):
+            parse_rules({"version": 1, "rules": [{**rule, "reason": bad}]})
+    [compiled] = parse_rules({"version": 1, "rules": [
+        {**rule, "reason": "{promos_7d:.0f} now[, {tenure_days:.0f} days]"}]}).rules  # fmt: skip
+    assert compiled.render({}) == f"{MISSING_TEXT} now"
+    assert compiled.render({"promos_7d": 2, "tenure_days": 9.0}) == "2 now, 9 days"

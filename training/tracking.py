@@ -121,7 +121,7 @@ class Tracker:
     """Runs, artifacts, model registry and champion gate on one MLflow tracking store.
 
     Args:
-        tracking_uri: A database URI such as ``sqlite:///<project>/mlruns/mlflow.db`` (MLflow
+        tracking_uri: A database URI such as ``sqlite:///<workspace>/models/mlflow.db`` (MLflow
             3.17 refuses the old file store); also used as the registry URI.
         artifact_location: Where a newly created experiment stores artifacts (a path or URI);
             ignored when the experiment already exists. ``None``: MLflow's default.

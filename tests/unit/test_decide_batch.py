@@ -170,7 +170,9 @@ def test_batch_equals_a_series_of_single_decisions(
     assert single.budget.spent == batched.budget.spent <= budget
 
 
-def test_batch_log_columns_write_the_same_parquet_as_rows(tmp_path: Path) -> None:
+def logged_batch_columns() -> tuple[Mapping[str, Any], int]:
+    """The log columns of a 4-request batch: a promo, a blocked promo, an unknown customer with
+    explain, a repeated customer with one candidate (the array path, ``small_batch = 0``)."""
     rows = {"C1": quiet_customer(), "C2": quiet_customer(open_case_count=1)}
     columns: list[tuple[Mapping[str, Any], int]] = []
     decider = _decider(rows, {"promo": 0.05}, 3, [])
@@ -180,6 +182,11 @@ def test_batch_log_columns_write_the_same_parquet_as_rows(tmp_path: Path) -> Non
                 Request("C1", candidates=("recognition",))]  # fmt: skip
     decider.decide_batch(requests)
     [(chunk, n)] = columns
+    return chunk, n
+
+
+def test_batch_log_columns_write_the_same_parquet_as_rows(tmp_path: Path) -> None:
+    chunk, n = logged_batch_columns()
     table = decision_log.columns_table(chunk, n, decision_log.DECISION_SCHEMA)
     from_rows = decision_log.rows_table(decision_log.column_rows(chunk, n),
                                         decision_log.DECISION_SCHEMA)  # fmt: skip

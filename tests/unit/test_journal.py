@@ -20,10 +20,8 @@ import pyarrow as pa
 import pytest
 
 from features import decision_log, journal
-from serving.decider import Request
 from serving.logwriter import LogWriter
-from tests.unit.test_decide_batch import _decider
-from tests.unit.test_decider import quiet_customer
+from tests.unit.test_decide_batch import logged_batch_columns
 
 T0 = datetime(2026, 11, 23, 23, 59, 58, tzinfo=UTC)
 SCHEMA = decision_log.DECISION_SCHEMA
@@ -124,15 +122,7 @@ def test_sigkill_after_append_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_a_batch_through_the_journal_writes_what_columns_table_writes(tmp_path: Path) -> None:
-    rows = {"C1": quiet_customer(), "C2": quiet_customer(open_case_count=1)}
-    columns: list[tuple[Mapping[str, Any], int]] = []
-    decider = _decider(rows, {"promo": 0.05}, 3, [])
-    decider.small_batch = 0
-    decider._log_columns = lambda c, n: columns.append((c, n))
-    requests = [Request("C1", {"channel": "app"}), Request("C2"), Request("C9", explain=True),
-                Request("C1", candidates=("recognition",))]  # fmt: skip
-    decider.decide_batch(requests)
-    [(chunk, n)] = columns
+    chunk, n = logged_batch_columns()
     writer = LogWriter(tmp_path / "log", SCHEMA, "decided_at", flush_seconds=30)
     writer.append_columns(chunk, n)
     writer.append(_row(9, datetime.now(UTC)))

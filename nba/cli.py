@@ -90,11 +90,6 @@ def _quiet(command: F) -> F:
     return cast(F, run)
 
 
-def _settings() -> Settings:
-    """The settings of the command's workspace (nothing is written)."""
-    return load_settings()
-
-
 def _prepare(settings: Settings) -> Settings:
     """Create the parts of the workspace that it lacks, once the command's input is valid.
 
@@ -219,7 +214,7 @@ def features(
     from features.build import build_feature_table
     from features.contract import load_raw
 
-    settings = _settings()
+    settings = load_settings()
     snapshot = _parse_time(as_of, "--as-of")
     if not raw.is_dir():
         raise CliError(f"--raw: {raw} is not a folder")
@@ -276,7 +271,7 @@ def train(
     from training.pipeline import run_training
     from training.tracking import Tracker
 
-    settings = _settings()
+    settings = load_settings()
     if method not in ("s", "t", "dr"):
         raise CliError(f"--method: {method!r} is not one of s, t, dr")
     if not raw.is_dir():
@@ -323,7 +318,7 @@ def models() -> None:
     """Registered versions, their metrics, and which one is champion."""
     from training.tracking import Tracker
 
-    settings = _settings()
+    settings = load_settings()
     tracker = Tracker(
         settings.mlflow_tracking_uri,
         artifact_location=settings.mlflow_artifact_location,
@@ -348,7 +343,7 @@ def models() -> None:
             report.fmt(m.get("qini_promo"), digits=3),
             v.tags.get("gate.reason", "-"),
         )
-    report.wide().print(table)
+    output.wide().print(table)
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -381,7 +376,7 @@ def score(
     from training.dataset import entity_frame_of
     from training.tracking import Tracker
 
-    settings = _settings()
+    settings = load_settings()
     if out.suffix not in (".csv", ".parquet"):
         raise CliError(f"--out: {out} must end in .csv or .parquet")
     requests = read_requests(_read_table(actions, "--actions"))
@@ -435,7 +430,7 @@ def serve(
     so all workers serve the same version and none imports MLflow. With NBA_MODEL_PATH set,
     that folder is served as is.
     """
-    settings = _prepare(_settings())
+    settings = _prepare(load_settings())
     env = dict(os.environ)
     if settings.model_path is None:
         from nba.champion import NoChampionError, export_champion
@@ -521,7 +516,7 @@ def drift(
     from monitoring.job import parse_since, reference_from_file, reference_from_model, run_job
     from training.tracking import Tracker
 
-    settings = _settings()
+    settings = load_settings()
     if since is not None and (start is not None or end is not None):
         raise CliError("--since: use either --since or --start/--end, not both")
     if start is None and end is not None:
@@ -621,7 +616,7 @@ def benchmark_hillstrom(
             report.fmt(row.get("seconds"), 1),
             str(row.get("error") or ""),
         )
-    report.wide().print(out)
+    output.wide().print(out)
 
 
 def main() -> None:

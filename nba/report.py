@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 
 from nba import output
@@ -16,11 +15,6 @@ if TYPE_CHECKING:
 
 #: The contract's actions, in display order.
 ACTION_NAMES = ("promo", "apology_credit", "recognition", "none")
-
-
-def wide() -> Console:
-    """A console wide enough for our tables whatever the terminal (CI logs have no width)."""
-    return output.wide()
 
 
 def fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
@@ -64,7 +58,7 @@ def print_evaluation(result: Any) -> None:
 
 
 def print_drift(summary: dict[str, Any]) -> None:
-    out = wide()
+    out = output.wide()
     feats = summary["features"]
     status = {"drift": "[red]DRIFT[/]", "too_few_decisions": "[yellow]NOT JUDGED[/]"}.get(
         summary["status"], "[green]ok[/]"

@@ -130,20 +130,10 @@ def init(directory: Path, force: bool = False) -> list[Path]:
     return materialize(root, overwrite=force)
 
 
-def copy_repo_template(dest: Path) -> Path:
-    """The shipped Feast repository files copied to ``dest`` (tests, benchmarks)."""
-    for name in FEATURE_REPO_FILES:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        (dest / name).write_bytes(_template("feature_repo", name))
-    (dest / "data").mkdir(exist_ok=True)
-    return dest
-
-
 __all__ = [
     "FOLDERS",
     "MARKER",
     "WorkspaceError",
-    "copy_repo_template",
     "find",
     "init",
     "locate",

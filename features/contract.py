@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
@@ -170,6 +170,9 @@ class ColumnSpec:
     #: A timestamp recording when something happened: it may not lie in the future (beyond
     #: ``FUTURE_TOLERANCE``). Planned times (``bookings.departs_at``) are not event times.
     event_time: bool = False
+    #: A column added in a later contract version (1.1): a folder without it is still valid and
+    #: reads it as all null.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ FINITE: Final = Check("finite number", lambda v: np.isinf(v.series.to_numpy(dtyp
 NON_EMPTY: Final = matches(r"\S", "non-empty")
 AIRPORT: Final = matches(r"^[A-Z]{3}$", "3 uppercase letters")
 CURRENCY: Final = matches(r"^[A-Z]{3}$", "ISO 4217 currency code (3 uppercase letters)")
+FLIGHT_NUMBER: Final = matches(r"^[A-Z0-9]{2,3}[0-9]{1,5}[A-Z]?$", "flight number such as AA45")
 
 
 def not_before(column: str, reference: str) -> RowRule:
@@ -322,6 +326,12 @@ SCHEMA: Final[dict[str, TableSpec]] = {
                 ColumnSpec("delay_minutes", "int", checks=(at_least(0),)),
                 ColumnSpec("cancelled", "bool"),
                 ColumnSpec("miles_earned", "int", checks=(at_least(0),)),
+                # Contract 1.1: a flight is its number and the UTC date of scheduled_at.
+                ColumnSpec(
+                    "flight_number", "string", nullable=True, optional=True, checks=(FLIGHT_NUMBER,)
+                ),
+                replace(_airport("origin", nullable=True), optional=True),
+                replace(_airport("destination", nullable=True), optional=True),
             ),
             (
                 RowRule(
@@ -1027,6 +1037,12 @@ def _load_table(path: Path, spec: TableSpec) -> tuple[_Table | None, list[Violat
         return None, violations
     columns: dict[str, ColumnValues] = {}
     for col in spec.columns:
+        if col.name not in names and col.optional:
+            nulls = pa.chunked_array([pa.nulls(data.num_rows, pa.string())])
+            column, found = _coerce_arrow(spec.name, col, nulls)
+            if column is not None:
+                columns[col.name] = column
+            continue
         if col.name not in names:
             violations.append(
                 Violation(spec.name, col.name, "column present", [f"not in {path.name}"])
@@ -1102,6 +1118,8 @@ def validate(raw: RawData, source: str = "<memory>", *, now: datetime | None = N
         spec = SCHEMA[name]
         columns: dict[str, ColumnValues] = {}
         for col in spec.columns:
+            if col.name not in frame.columns and col.optional:
+                continue  # a 1.1 column a 1.0 producer does not write: null
             if col.name not in frame.columns:
                 violations.append(Violation(name, col.name, "column present", ["not in the frame"]))
                 continue
@@ -1121,9 +1139,10 @@ def validate(raw: RawData, source: str = "<memory>", *, now: datetime | None = N
 
 def _arrow_table(name: str, frame: pd.DataFrame) -> pa.Table:
     spec = SCHEMA[name]
-    missing = [c for c in spec.names if c not in frame.columns]
+    missing = [c.name for c in spec.columns if c.name not in frame.columns and not c.optional]
     if missing:
         raise ValueError(f"cannot write {name}: missing contract columns {missing}")
+    frame = frame.assign(**{c.name: None for c in spec.columns if c.name not in frame.columns})
     arrays = [
         pa.array(frame[c.name], type=_ARROW_TYPES[c.type], from_pandas=True) for c in spec.columns
     ]

@@ -2,7 +2,7 @@
 
 This module is the single source of truth shared by the feature builder (``features.build``),
 the request-time derivation (``features.derive``), the Feast declarations (``feature_repo/``)
-and the event folding used by real-time pushes (``features.events``).
+and the event folding used by real-time pushes (``memory.fold``).
 
 Two groups of stored features:
 
@@ -52,12 +52,7 @@ PROFILE: Final[dict[str, FeatureType]] = {
     f"emails_sent_{EMAIL_WINDOW}d": "int",
     f"email_open_rate_{EMAIL_WINDOW}d": "float",
     f"email_click_rate_{EMAIL_WINDOW}d": "float",
-    "lifetime_miles": "int",
-    "miles_to_next_milestone": "int",
-    "last_milestone_at": "timestamp",
-    "last_milestone_miles": "int",
     "created_at": "timestamp",
-    "marketing_opt_in": "bool",
 }
 
 REALTIME: Final[dict[str, FeatureType]] = {
@@ -72,6 +67,13 @@ REALTIME: Final[dict[str, FeatureType]] = {
     "last_compensated_at": "timestamp",
     "unsubscribed": "bool",
     "last_booking_at": "timestamp",
+    # Moved here from PROFILE (same values, same build): a flown leg (flight_flown) and a
+    # consent change must reach the next decision at once, so they are pushed with the rest.
+    "lifetime_miles": "int",
+    "miles_to_next_milestone": "int",
+    "last_milestone_at": "timestamp",
+    "last_milestone_miles": "int",
+    "marketing_opt_in": "bool",
 }
 
 #: Every stored feature column, profile first.

@@ -213,6 +213,8 @@ def features(
     declarations and materialize the online store."""
     from features.build import build_feature_table
     from features.contract import load_raw
+    from memory.rebuild import merge
+    from serving.runtime import refold_after_rebuild
 
     settings = load_settings()
     snapshot = _parse_time(as_of, "--as-of")
@@ -220,10 +222,16 @@ def features(
         raise CliError(f"--raw: {raw} is not a folder")
     settings = _prepare(settings)
     adapter = settings.feast_adapter()
-    with output.Stages("features", total=5) as stage:
+    memory = settings.memory()
+    with output.Stages("features", total=7) as stage:
         stage(f"validating {raw}")
         # Events after the snapshot (beyond the contract's tolerance) are refused, not dropped.
         world = load_raw(raw, now=snapshot)
+        # The ledger up to now goes into the rebuild: it never forgets an acknowledged event.
+        folded = memory.high_water()
+        events = memory.events(until_seq=folded)
+        stage(f"folding {len(events):,} ledger events into the raw tables")
+        world = merge(world, events[events["ts"] <= snapshot])
         stage(f"building features from {world.n_rows():,} raw rows")
         table = build_feature_table(
             world,
@@ -237,6 +245,8 @@ def features(
         adapter.apply()
         stage(f"materializing {table['customer_id'].nunique():,} customers to the online store")
         adapter.materialize(end=snapshot)
+        stage("re-applying the events that arrived during the rebuild")
+        refold_after_rebuild(memory, adapter, world, folded)
     report.print_summary(settings, table, snapshot)
 
 

@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 if TYPE_CHECKING:
     from features.store import FeastAdapter
+    from memory.ledger import Memory
     from monitoring.drift import DriftConfig
 
 from nba import workspace
@@ -56,7 +57,18 @@ PRODUCTION_DEFAULTS: dict[str, object] = {
     "mlflow_tracking_uri": "http://127.0.0.1:5000",
     "mlflow_artifact_location": None,
     "promo_store": "redis",
+    "memory_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/nba_memory",
 }
+
+
+def _sqlite_in(uri: str, home: Path) -> str:
+    """A relative ``sqlite:///`` URL made absolute in the workspace (others unchanged)."""
+    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+        path, _, query = uri[len(_SQLITE) :].partition("?")
+        if path != ":memory:":
+            suffix = f"?{query}" if query else ""
+            return f"{_SQLITE}{home / path}{suffix}"
+    return uri
 
 
 class Settings(BaseSettings):
@@ -291,6 +303,14 @@ class Settings(BaseSettings):
         "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
     )
 
+    memory_url: str = Field(
+        default="sqlite:///data/memory.db",
+        description="SQLAlchemy URL of the customer memory (event ledger, cases by id, claims, "
+        "flight manifest; memory.store): a SQLite file in the workspace, or PostgreSQL in "
+        "production (it must survive a Redis restart). A relative sqlite:/// path is relative "
+        "to the workspace.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -334,12 +354,8 @@ class Settings(BaseSettings):
                 setattr(self, name, home / value)
             elif value is not None:
                 setattr(self, name, Path(value).expanduser())
-        uri = self.mlflow_tracking_uri
-        if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
-            path, _, query = uri[len(_SQLITE) :].partition("?")
-            if path != ":memory:":
-                suffix = f"?{query}" if query else ""
-                self.mlflow_tracking_uri = f"{_SQLITE}{home / path}{suffix}"
+        self.mlflow_tracking_uri = _sqlite_in(self.mlflow_tracking_uri, home)
+        self.memory_url = _sqlite_in(self.memory_url, home)
         location = self.mlflow_artifact_location
         if location and "://" not in location and not location.startswith("file:"):
             self.mlflow_artifact_location = str((home / Path(location).expanduser()).resolve())
@@ -413,6 +429,13 @@ class Settings(BaseSettings):
             return self.feature_repo / "feature_store.production.yaml"
         name = "feature_store.yaml" if self.online_store == "sqlite" else "feature_store.redis.yaml"
         return self.feature_repo / name
+
+    def memory(self) -> Memory:
+        """The customer memory (``memory.ledger``) of these settings."""
+        from memory.ledger import Memory
+        from memory.store import Database
+
+        return Memory(Database(self.memory_url, timeout=max(self.request_timeout_seconds, 5.0)))
 
     def feast_adapter(self) -> FeastAdapter:
         """The Feast adapter of these settings (its yaml's ``${NBA_*}`` filled from them)."""

@@ -15,6 +15,7 @@ keys, timestamps within ``EARLIEST_TS`` .. now + ``MAX_TS_AHEAD``.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -30,11 +31,20 @@ from pydantic import (
 )
 
 from features.contract import ACTIONS
-from features.events import EVENT_TYPES
+from memory.fold import EVENT_TYPES
 
 Action = Literal["promo", "apology_credit", "recognition", "none"]
 Channel = Literal["web", "app", "email"]
-EventType = Literal["case_opened", "case_closed", "flight_disrupted", "booking", "unsubscribe"]
+EventType = Literal[
+    "case_opened",
+    "case_closed",
+    "flight_disrupted",
+    "booking",
+    "unsubscribe",
+    "flight_flown",
+    "compensation_granted",
+    "consent_changed",
+]
 
 #: Most requests in one ``/decide_batch`` call (contract).
 MAX_BATCH: Final = 10_000
@@ -202,11 +212,30 @@ class DecideBatchResponse(BaseModel):
     decisions: list[DecideResponse]
 
 
+#: The fields each event type needs (422 naming the field when one is missing).
+REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "case_opened": ("case_id",),
+    "case_closed": ("case_id",),
+    "flight_flown": ("miles_earned",),
+    "consent_changed": ("marketing_opt_in",),
+}
+FlightNumber = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z0-9]{2,3}[0-9]{1,5}[A-Z]?$", max_length=10),
+    Field(description="A flight number such as AA45."),
+]
+Airport = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
 class Event(BaseModel):
-    """``POST /events``: a change the next decision must see. Type-specific fields:
-    ``case_opened``: ``case_id`` (+ ``topic``, ``sentiment``); ``case_closed``: ``case_id``
-    (+ ``compensated``); ``flight_disrupted``: ``delay_minutes`` and/or ``cancelled``. Other
-    fields are kept in the event log within the limits (``MAX_EVENT_KEYS`` keys, scalars)."""
+    """``POST /events``: a fact about a customer the next decision must see. Type-specific
+    fields: ``case_opened``: ``case_id`` (+ ``topic``, ``sentiment``); ``case_closed``:
+    ``case_id`` (+ ``compensated``); ``flight_disrupted``: ``delay_minutes`` and/or
+    ``cancelled``; ``flight_flown``: ``miles_earned`` (+ ``flight_number``, ``booking_id``,
+    ``origin``, ``destination``); ``compensation_granted``: optional ``amount``, ``currency``,
+    ``case_id``; ``consent_changed``: ``marketing_opt_in``. ``event_id`` makes a retry
+    harmless. Other fields are kept in the ledger within the limits (``MAX_EVENT_KEYS`` keys,
+    scalars)."""
 
     model_config = ConfigDict(
         extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_EVENT_KEYS}
@@ -219,12 +248,25 @@ class Event(BaseModel):
         description="When it happened, ISO 8601 with a UTC offset; from 2000-01-01 to one day "
         "ahead of the server's clock."
     )
+    event_id: Id | None = Field(
+        default=None,
+        description="Idempotency key: an event whose id was already applied is answered "
+        '"duplicate": true and changes nothing.',
+    )
     case_id: Id | None = None
     topic: Text | None = None
     sentiment: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
     compensated: bool | None = None
     delay_minutes: int | None = Field(default=None, ge=0, le=MAX_DELAY_MINUTES)
     cancelled: bool | None = None
+    miles_earned: int | None = Field(default=None, ge=0, le=10_000_000)
+    flight_number: FlightNumber | None = None
+    booking_id: Id | None = None
+    origin: Airport | None = None
+    destination: Airport | None = None
+    amount: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    marketing_opt_in: bool | None = None
 
     _bounded = _at_most(MAX_EVENT_KEYS)
 
@@ -238,14 +280,24 @@ class Event(BaseModel):
             raise ValueError("ts must not be more than one day ahead of the server's clock")
         return value
 
+    @model_validator(mode="after")
+    def _type_fields(self) -> Event:
+        for name in REQUIRED_FIELDS.get(self.type, ()):
+            if getattr(self, name) is None:
+                # ``parse`` names the field from the message's first word.
+                raise ValueError(f"{name} is required for a {self.type} event")
+        return self
+
 
 class EventAck(BaseModel):
-    """``/events``' answer once the online store holds the change."""
+    """``/events``' answer once the event is stored durably and the online store holds it."""
 
     event_id: str
     customer_id: str
     type: EventType
-    applied: bool
+    applied: bool = Field(description="False when the event changed nothing (see detail).")
+    duplicate: bool = Field(default=False, description="The event_id was already applied.")
+    detail: str | None = Field(default=None, description="Why the event changed nothing.")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -379,6 +431,9 @@ def parse(model: type[M], body: bytes) -> M:
             tree = None
         errors = []
         for problem in problems[:10]:
+            required = re.match(r"^Value error, (\w+) is required for ", problem["msg"])
+            if not problem["loc"] and required:  # a type-specific field (Event)
+                problem = {**problem, "loc": (required.group(1),), "type": "missing"}
             loc, cut = _in_body(problem["loc"], tree, problem["type"] == "missing")
             message = problem["msg"].removeprefix("Value error, ")  # our validators' own words
             if cut:

@@ -21,6 +21,7 @@ from training.value import ActionCosts
 
 if TYPE_CHECKING:
     from features.store import FeastAdapter
+    from memory.ledger import Memory
 
 #: The environment variable ``nba serve`` passes the resolved settings in.
 ENV_VAR: Final = "NBA_SERVICE_SETTINGS"
@@ -65,6 +66,7 @@ class ServiceSettings(BaseModel):
     store_cooldown_seconds: float
     log_fsync: bool
     shutdown_grace_seconds: int
+    memory_url: str
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:
@@ -76,6 +78,13 @@ class ServiceSettings(BaseModel):
     def action_costs(self) -> ActionCosts:
         """The value model's costs."""
         return ActionCosts.of(self)
+
+    def memory(self) -> Memory:
+        """The customer memory (``memory.ledger``) with the requests' deadline."""
+        from memory.ledger import Memory
+        from memory.store import Database
+
+        return Memory(Database(self.memory_url, timeout=self.request_timeout_seconds))
 
     def feast_adapter(self) -> FeastAdapter:
         """The Feast adapter of these settings."""

@@ -6,9 +6,10 @@ start-up with a message naming the rule), and starts the decision-log and event-
 Each part that fails to load leaves the runtime *degraded*, not dead: ``/decide`` then answers
 ``none`` with ``degraded: true`` and ``/readyz`` says what is missing.
 
-``handle_event`` is ``/events``: fold the event into the customer's realtime state
-(``features.events``), push it through the Feast PushSource before answering (so the next
-``/decide`` sees it), and append it to the event log for training.
+``handle_event`` is ``/events``: commit the event to the customer memory's ledger
+(``memory.ledger``, which folds it with ``memory.fold``), push the customer's new state through
+the Feast PushSource before answering (so the next ``/decide`` sees it), and append it to the
+event log.
 
 Deadlines (``serving.deadline``): every store the runtime opens gets
 ``NBA_STORE_TIMEOUT_SECONDS`` through its own client options (Feast's Redis client and SQLite
@@ -38,7 +39,8 @@ from typing import Any, Final
 import pandas as pd
 
 from features import decision_log, schema
-from features.events import apply_event
+from memory import fold as folding
+from memory.ledger import Applied, Memory
 from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
 from serving.deadline import Breaker
 from serving.decider import Decider, LoadedModel
@@ -170,6 +172,24 @@ def open_apology_budget(settings: Any, breaker: Breaker | None = None) -> DailyB
     return DailyBudget(settings.apology_budget_per_day, lambda: datetime.now(UTC), counter=counter)
 
 
+def ack(applied: Applied) -> dict[str, Any]:
+    """The ``/events`` answer (``serving.api.EventAck``) of a ledger append."""
+    return {"event_id": applied.event_id, "customer_id": applied.customer_id,
+            "type": applied.type, "applied": applied.applied, "duplicate": applied.duplicate,
+            "detail": applied.note}  # fmt: skip
+
+
+def state_frame(states: Mapping[str, Mapping[str, Any]], stamp: pd.Timestamp) -> pd.DataFrame:
+    """Push rows (``features.store.PUSH_COLUMNS``) of folded states, all stamped ``stamp``."""
+    rows = [{schema.ENTITY: c, schema.EVENT_TIMESTAMP: stamp, **folding.served(s)}
+            for c, s in states.items()]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    for name, kind in schema.REALTIME.items():
+        if kind == "timestamp":
+            frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame
+
+
 @dataclass
 class Runtime:
     """A worker's loaded state; see the module docstring."""
@@ -179,6 +199,8 @@ class Runtime:
     reader: Any | None
     decision_writer: LogWriter
     event_writer: LogWriter
+    #: The customer memory (event ledger, cases, claims): events are committed there first.
+    memory: Memory | None = None
     problems: list[str] = field(default_factory=list)
     #: ``/decide``'s awaited store calls (``Decider.decide_async``), or None: blocking calls.
     decision_io: PipelinedDecisionIO | None = None
@@ -234,6 +256,14 @@ class Runtime:
                 raise RuntimeError("feature store not opened")
             return breaker.call(reader.read_columns, ids)
 
+        memory: Memory | None = None
+        try:
+            memory = settings.memory()
+            memory.db.create()
+        except Exception as error:
+            # /events answers 503 until the memory is back (nothing acknowledged unstored).
+            problems.append(f"customer memory not opened: {type(error).__name__}: {error}")
+            logger.error("starting degraded: %s", problems[-1])
         flush, fsync = settings.log_flush_seconds, settings.log_fsync
         decision_writer = LogWriter(Path(settings.decision_log_dir), decision_log.DECISION_SCHEMA,
                                     "decided_at", flush, fsync=fsync)  # fmt: skip
@@ -273,8 +303,8 @@ class Runtime:
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
         )
-        return cls(decider, adapter, reader, decision_writer, event_writer, problems, decision_io,
-                   breaker)  # fmt: skip
+        return cls(decider, adapter, reader, decision_writer, event_writer, memory, problems,
+                   decision_io, breaker)  # fmt: skip
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): a model is loaded and the feature store answers a read."""
@@ -296,43 +326,63 @@ class Runtime:
         return ok, why
 
     def handle_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply one validated event (``serving.api.Event`` as a dict) to the online store.
+        """Store one validated event (``serving.api.Event`` as a dict), then push its state.
 
-        Raises ``RuntimeError`` when the store cannot be written (the caller answers 503: an
-        event must not be acknowledged unless the next decision will see it).
+        The event is committed to the ledger (``memory.ledger``) before anything else; the
+        customer's new state is then pushed to the online store, so the next decision sees it.
+        A retried ``event_id`` changes nothing but pushes the stored state again (a retry after
+        a failed push heals it).
+
+        Raises ``RuntimeError`` (or the store's error) when the memory or the online store
+        cannot be written: the caller answers 503, and the event is not acknowledged.
         """
         if self.adapter is None or self.reader is None:
             raise RuntimeError("feature store not opened")
+        if self.memory is None:
+            raise RuntimeError("customer memory not opened")
         self.breaker.check()  # a store that just missed a deadline: 503 at once, not after one
         customer_id = str(event["customer_id"])
         fields = {k: v for k, v in event.items() if v is not None}
-        # Read-fold-push under a lock: two events for one customer at once must not both start
-        # from the same old state (across workers the realtime timestamp still never decreases).
+        [(stored, state_ts)] = self.breaker.call(self.reader.read_with_timestamps, [customer_id])
+        applied = self.memory.append(fields, lambda: stored)
+        state = applied.state
+        if state is None:  # a duplicate: the stored state, pushed again
+            state = self.memory.state(customer_id)
+        if state is not None:
+            self.push_state(customer_id, state, state_ts)
+        if not applied.duplicate:
+            self._log_event(applied, event)
+        return ack(applied)
+
+    def push_state(self, customer_id: str, state: Mapping[str, Any], state_ts: Any) -> None:
+        """Push a folded state to the online store, stamped after what the store holds.
+
+        The stamp is the later of now and just after the stored row's: Redis ignores a row not
+        newer than the stored one (two events in one second lost the second), and a stamp of
+        the event's own time could be older than the materialized row.
+        """
+        assert self.adapter is not None
+        stamp = pd.Timestamp(datetime.now(UTC))
+        previous = folding.stamp(state_ts)
+        if previous is not None and previous >= stamp:
+            stamp = previous + pd.Timedelta(microseconds=1)
+        frame = state_frame({customer_id: state}, stamp)
         with self._push_lock:
-            [(stored, state_ts)] = self.breaker.call(self.reader.read_with_timestamps,
-                                                     [customer_id])  # fmt: skip
-            state = {k: stored.get(k) for k in schema.REALTIME}
-            new, push_ts = apply_event(state, state_ts, fields)
-            row = {schema.ENTITY: customer_id, schema.EVENT_TIMESTAMP: push_ts, **new}
-            frame = pd.DataFrame([row])
-            for name, kind in schema.REALTIME.items():
-                if kind == "timestamp":
-                    frame[name] = pd.to_datetime(frame[name], utc=True)
             self.breaker.call(self.adapter.push, frame)
-        event_id = f"e-{uuid.uuid4().hex}"
-        payload = {k: v for k, v in fields.items() if k not in ("customer_id", "type", "ts")}
+
+    def _log_event(self, applied: Applied, event: Mapping[str, Any]) -> None:
+        head = ("customer_id", "type", "ts", "event_id")
+        payload = {k: v for k, v in event.items() if v is not None and k not in head}
         self.event_writer.append(
             {
-                "event_id": event_id,
-                "customer_id": customer_id,
-                "type": str(event["type"]),
+                "event_id": applied.event_id,
+                "customer_id": applied.customer_id,
+                "type": applied.type,
                 "ts": pd.Timestamp(event["ts"]).tz_convert("UTC"),
                 "received_at": datetime.now(UTC),
                 "payload": json.dumps(payload, default=str) if payload else None,
             }
         )
-        return {"event_id": event_id, "customer_id": customer_id, "type": event["type"],
-                "applied": True}  # fmt: skip
 
     def close(self) -> None:
         """Flush and close the logs (shutdown hook: SIGTERM loses nothing)."""
@@ -344,3 +394,31 @@ class Runtime:
         if hasattr(history, "close"):
             history.close()
         self.decider.budget.close()
+
+
+def refold_after_rebuild(memory: Memory, adapter: Any, raw: Any, folded_seq: int) -> int:
+    """After ``nba features`` materialized a rebuild that folded the ledger up to
+    ``folded_seq``: align the memory with it and push the states the rebuild does not hold
+    (events that arrived during the rebuild, customers the raw export does not know).
+
+    Returns the number of customers pushed.
+    """
+    customers = raw.customers["customer_id"].astype(str)
+    remaining = memory.reset_after_rebuild(raw.service_cases, raw.flights, customers, folded_seq)
+    if not remaining:
+        return 0
+    known = set(customers)
+    rows = adapter.direct_reader().read_with_timestamps(remaining)
+    states: dict[str, Mapping[str, Any]] = {}
+    for customer_id, (stored, _) in zip(remaining, rows, strict=True):
+        if customer_id in known:
+            base = {k: stored.get(k) for k in schema.REALTIME}
+            states[customer_id] = memory.refold(customer_id, base, folded_seq)
+        else:
+            state = memory.state(customer_id)
+            if state is not None:
+                states[customer_id] = state
+    if states:
+        # Stamped now: after the materialized rows (stamped at the snapshot), so Redis keeps them.
+        adapter.push(state_frame(states, pd.Timestamp(datetime.now(UTC))))
+    return len(states)

@@ -47,6 +47,7 @@ from serving.api import (
     MAX_CANDIDATES,
     MAX_DELAY_MINUTES,
     Action,
+    Airport,
     ApiError,
     Context,
     CustomerId,
@@ -57,6 +58,7 @@ from serving.api import (
     Event,
     EventAck,
     EventType,
+    FlightNumber,
     Id,
     Text,
     parse,
@@ -447,17 +449,29 @@ class NBA:
         customer_id: CustomerId,
         type: EventType,  # the contract's field name (shadows the builtin here only)
         ts: AwareDatetime,
+        event_id: Id | None = None,
         case_id: Id | None = None,
         topic: Text | None = None,
         sentiment: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None,
         compensated: bool | None = None,
         delay_minutes: Annotated[int, Field(ge=0, le=MAX_DELAY_MINUTES)] | None = None,
         cancelled: bool | None = None,
+        miles_earned: Annotated[int, Field(ge=0, le=10_000_000)] | None = None,
+        flight_number: FlightNumber | None = None,
+        booking_id: Id | None = None,
+        origin: Airport | None = None,
+        destination: Airport | None = None,
+        amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None,
+        currency: Airport | None = None,  # three capitals, like an airport code
+        marketing_opt_in: bool | None = None,
     ) -> EventAck:
-        """Report a change (case opened, disruption, ...) that the next decision must see."""
-        event = Event(customer_id=customer_id, type=type, ts=ts, case_id=case_id, topic=topic,
-                      sentiment=sentiment, compensated=compensated, delay_minutes=delay_minutes,
-                      cancelled=cancelled)  # fmt: skip
+        """Report a fact (case opened, disruption, flown leg, ...) the next decision must see."""
+        event = Event(customer_id=customer_id, type=type, ts=ts, event_id=event_id,
+                      case_id=case_id, topic=topic, sentiment=sentiment, compensated=compensated,
+                      delay_minutes=delay_minutes, cancelled=cancelled, miles_earned=miles_earned,
+                      flight_number=flight_number, booking_id=booking_id, origin=origin,
+                      destination=destination, amount=amount, currency=currency,
+                      marketing_opt_in=marketing_opt_in)  # fmt: skip
         return EventAck(**self.runtime.handle_event(event.model_dump()))
 
 

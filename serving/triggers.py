@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.contract import ACTIONS
-from features.events import EVENT_TYPES
+from memory.fold import EVENT_TYPES
 
 #: The triggers shipped with the service.
 DEFAULT_TRIGGERS_PATH: Final = Path(__file__).with_name("triggers.yaml")

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from features import schema
-from features.events import apply_event
 from features.store import FeastAdapter
+from memory.fold import Case, fold, project_cases, served
 
 pytestmark = pytest.mark.integration
 
@@ -90,15 +90,17 @@ def test_pushed_case_opened_is_visible_in_next_read(
     assert before["open_case_count"] == 0
     event = {"type": "case_opened", "ts": pd.Timestamp(AS_OF) + pd.Timedelta(hours=2),
              "case_id": "K-LIVE-1", "topic": "baggage", "sentiment": -0.5}  # fmt: skip
-    state, stamp = apply_event({k: before[k] for k in schema.REALTIME}, AS_OF, event)
-    row = pd.DataFrame([{schema.ENTITY: customer, schema.EVENT_TIMESTAMP: stamp, **state}])
+    state, _ = fold({k: before[k] for k in schema.REALTIME}, event)
+    state = project_cases(state, [Case("K-LIVE-1", event["ts"], None, -0.5)])
+    stamp = pd.Timestamp(AS_OF) + pd.Timedelta(hours=3)
+    row = pd.DataFrame([{schema.ENTITY: customer, schema.EVENT_TIMESTAMP: stamp, **served(state)}])
     adapter.push(row)
     after = reader.read(customer)
     assert after["open_case_count"] == 1
     assert after["oldest_open_case_id"] == "K-LIVE-1"
     assert after["last_negative_kind"] == "complaint"
     # The profile view is untouched by the push.
-    assert after["lifetime_miles"] == before["lifetime_miles"]
+    assert after["bookings_365d"] == before["bookings_365d"]
 
 
 def _same(a: object, b: object) -> bool:

@@ -1,4 +1,4 @@
-"""The layers' dependencies point one way: features <- training <- serving <- nba (the CLI).
+"""The layers' dependencies point one way: features, memory <- training <- serving <- nba (CLI).
 
 Nothing imports serving or the CLI but the CLI; monitoring measures and may read features and
 training; the Feast declarations read only features. Settings are read at the entry points
@@ -13,14 +13,16 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("features", "training", "serving", "monitoring", "nba", "feature_repo")
+PACKAGES = ("features", "memory", "training", "serving", "monitoring", "nba", "feature_repo")
 ALLOWED: dict[str, set[str]] = {
     "features": set(),
+    # The customer memory is ground floor beside features: everyone may read it.
+    "memory": {"features"},
     "feature_repo": {"features"},
-    "training": {"features"},
-    "monitoring": {"features", "training"},
-    "serving": {"features", "training"},
-    "nba": {"features", "training", "serving", "monitoring"},
+    "training": {"features", "memory"},
+    "monitoring": {"features", "training", "memory"},
+    "serving": {"features", "training", "memory"},
+    "nba": {"features", "training", "serving", "monitoring", "memory"},
 }
 
 

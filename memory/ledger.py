@@ -1,0 +1,480 @@
+"""The event ledger: an event is committed here before it is acknowledged, and folded once.
+
+``Memory.append`` runs one transaction per event:
+
+1. insert the event (``INSERT ... ON CONFLICT (event_id) DO NOTHING``): a retried event id
+   inserts nothing and is answered as a duplicate, changing nothing;
+2. apply it to the customer's cases by id (``case_opened`` adds the id, ``case_closed`` closes
+   that id only; an unknown or already closed id changes nothing and the answer says so);
+3. fold it (``memory.fold``) into the customer's state row, which starts from the online
+   store's row (the last rebuild) the first time an event touches the customer.
+
+The transaction holds the write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR
+UPDATE`` on the state row), so two workers or hosts never fold from one stale state. When it
+commits the event is on disk; the caller then pushes the new state to the online store.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from memory import fold as folding
+from memory.store import CASES, CLAIMS, LEDGER, MANIFEST, META, STATE, Database, from_micros, micros
+
+#: Fields of an event that are not its payload.
+_HEAD = ("event_id", "customer_id", "type", "ts")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``Memory.append`` did with one event."""
+
+    event_id: str
+    customer_id: str
+    type: str
+    duplicate: bool
+    applied: bool
+    #: Why an event changed nothing (unknown case, ...), or None.
+    note: str | None = None
+    #: The customer's state after the event (``memory.fold``), None for a duplicate.
+    state: dict[str, Any] | None = None
+    effects: folding.Effects = field(default_factory=folding.Effects)
+    seq: int | None = None
+
+
+def _encode(state: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {
+            k: (v.isoformat() if isinstance(v, datetime | pd.Timestamp) else v)
+            for k, v in state.items()
+        }
+    )
+
+
+_TIMES = {name for name, kind in folding.schema.REALTIME.items() if kind == "timestamp"} | {
+    "consent_ts"
+}
+
+
+def _decode(text: str) -> dict[str, Any]:
+    raw = json.loads(text)
+    return {k: (folding.stamp(v) if k in _TIMES else v) for k, v in raw.items()}
+
+
+def _clean(value: Any) -> Any:
+    """A JSON-safe payload value (times as ISO 8601)."""
+    if isinstance(value, datetime | pd.Timestamp):
+        return pd.Timestamp(value).isoformat()
+    return value
+
+
+class Memory:
+    """The customer memory on one database (``memory.store.Database``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- events -------------------------------------------------------------------------------
+
+    def append(
+        self, event: Mapping[str, Any], base: Callable[[], Mapping[str, Any]] | None = None
+    ) -> Applied:
+        """Store ``event`` durably, apply it to the cases and fold it into the customer's state.
+
+        Args:
+            event: ``customer_id``, ``type``, tz-aware ``ts``, optional ``event_id`` (a new
+                one is made when absent) and the type's fields.
+            base: the customer's state in the online store, read only when the memory holds no
+                state for the customer yet (None: a customer with nothing on record).
+
+        Returns:
+            ``Applied``; ``duplicate`` when the event id was already in the ledger.
+
+        Raises:
+            ValueError: an unknown type or a missing/naive ``ts``.
+            sqlalchemy.exc.SQLAlchemyError: the database did not answer within its deadline.
+        """
+        kind = str(event["type"])
+        if kind not in folding.EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+        ts = folding.stamp(event.get("ts"))
+        if ts is None:
+            raise ValueError("event needs a timezone-aware 'ts'")
+        customer_id = str(event["customer_id"])
+        event_id = str(event.get("event_id") or f"e-{uuid.uuid4().hex}")
+        payload = {k: _clean(v) for k, v in event.items() if k not in _HEAD and v is not None}
+        # The online row is read outside the transaction: no store call while holding the lock.
+        seed = dict(base()) if base is not None else None
+        with self.db.begin() as tx:
+            inserted = tx.execute(
+                self.db.insert(LEDGER)
+                .values(
+                    event_id=event_id,
+                    customer_id=customer_id,
+                    type=kind,
+                    ts=micros(ts),
+                    received_at=micros(datetime.now(UTC)),
+                    payload=json.dumps(payload) if payload else None,
+                    applied=True,
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+                .returning(LEDGER.c.seq)
+            ).first()
+            if inserted is None:
+                return Applied(
+                    event_id,
+                    customer_id,
+                    kind,
+                    duplicate=True,
+                    applied=False,
+                    note="event_id already applied",
+                )
+            seq = int(inserted[0])
+            applied, note = True, None
+            if kind in ("case_opened", "case_closed", "compensation_granted"):
+                applied, note = self._apply_case(tx, customer_id, kind, ts, payload)
+            if not applied:
+                tx.execute(
+                    LEDGER.update().where(LEDGER.c.seq == seq).values(applied=False, note=note)
+                )
+            state = self._state_for_update(tx, customer_id, seed)
+            effects = folding.Effects()
+            if applied:
+                state, effects = folding.fold(state, {"type": kind, "ts": ts, **payload})
+            state = folding.project_cases(state, self._cases(tx, customer_id))
+            self._save_state(tx, customer_id, state, seq)
+            self._note_flight(tx, customer_id, kind, ts, payload)
+        return Applied(
+            event_id,
+            customer_id,
+            kind,
+            duplicate=False,
+            applied=applied,
+            note=note,
+            state=state,
+            effects=effects,
+            seq=seq,
+        )
+
+    def _apply_case(
+        self, tx: sa.Connection, customer_id: str, kind: str, ts: pd.Timestamp, payload: dict
+    ) -> tuple[bool, str | None]:
+        case_id = payload.get("case_id")
+        if case_id is None:
+            if kind == "compensation_granted":
+                return True, None
+            return False, "no case_id"
+        row = tx.execute(sa.select(CASES).where(CASES.c.case_id == str(case_id))).first()
+        if row is not None and row.customer_id != customer_id:
+            return False, f"case {case_id} is another customer's"
+        at = micros(ts)
+        if kind == "case_opened":
+            if row is not None and row.opened_at is not None:
+                return False, f"case {case_id} was already opened"
+            values = {
+                "opened_at": at,
+                "topic": payload.get("topic"),
+                "sentiment": payload.get("sentiment"),
+            }
+            if row is None:
+                tx.execute(
+                    CASES.insert().values(
+                        case_id=str(case_id), customer_id=customer_id, compensated=False, **values
+                    )
+                )
+            else:  # its closing arrived first: the case is folded as opened, then closed
+                tx.execute(CASES.update().where(CASES.c.case_id == str(case_id)).values(**values))
+            return True, None
+        if kind == "compensation_granted":
+            if row is None:
+                return True, f"case {case_id} unknown: compensation recorded for the customer"
+            tx.execute(
+                CASES.update().where(CASES.c.case_id == str(case_id)).values(compensated=True)
+            )
+            return True, None
+        # case_closed
+        if row is None:
+            # Kept (invisible as a case) so that an opening arriving later folds as closed.
+            tx.execute(
+                CASES.insert().values(
+                    case_id=str(case_id),
+                    customer_id=customer_id,
+                    opened_at=None,
+                    closed_at=at,
+                    compensated=bool(payload.get("compensated")),
+                )
+            )
+            return False, f"case {case_id} is not open: unknown case"
+        if row.closed_at is not None:
+            return False, f"case {case_id} is not open: already closed"
+        if row.opened_at is None:
+            return False, f"case {case_id} is not open: unknown case"
+        tx.execute(
+            CASES.update()
+            .where(CASES.c.case_id == str(case_id))
+            .values(closed_at=at, compensated=bool(row.compensated or payload.get("compensated")))
+        )
+        return True, None
+
+    def _state_for_update(
+        self, tx: sa.Connection, customer_id: str, seed: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        query = sa.select(STATE.c.state).where(STATE.c.customer_id == customer_id)
+        if self.db.dialect == "postgresql":
+            query = query.with_for_update()
+        row = tx.execute(query).first()
+        if row is not None:
+            return folding.with_defaults(_decode(row[0]))
+        return folding.with_defaults(seed or {})
+
+    def _save_state(
+        self, tx: sa.Connection, customer_id: str, state: Mapping[str, Any], seq: int
+    ) -> None:
+        statement = self.db.insert(STATE).values(
+            customer_id=customer_id, state=_encode(state), seq=seq
+        )
+        tx.execute(
+            statement.on_conflict_do_update(
+                index_elements=["customer_id"],
+                set_={"state": statement.excluded.state, "seq": statement.excluded.seq},
+            )
+        )
+
+    def _note_flight(
+        self, tx: sa.Connection, customer_id: str, kind: str, ts: pd.Timestamp, payload: dict
+    ) -> None:
+        number = payload.get("flight_number")
+        if kind not in ("booking", "flight_flown") or not number:
+            return
+        when = folding.stamp(payload.get("scheduled_at") or payload.get("departs_at")) or ts
+        self.add_passengers(tx, [(str(number), customer_id, when)])
+
+    def _cases(self, tx: sa.Connection, customer_id: str) -> list[folding.Case]:
+        rows = tx.execute(
+            sa.select(
+                CASES.c.case_id, CASES.c.opened_at, CASES.c.closed_at, CASES.c.sentiment
+            ).where(CASES.c.customer_id == customer_id)
+        ).all()
+        return [
+            folding.Case(r.case_id, from_micros(r.opened_at), from_micros(r.closed_at), r.sentiment)
+            for r in rows
+        ]
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def state(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's folded state, or None when no event touched it since the rebuild."""
+        with self.db.read() as connection:
+            row = connection.execute(
+                sa.select(STATE.c.state).where(STATE.c.customer_id == customer_id)
+            ).first()
+        return None if row is None else folding.with_defaults(_decode(row[0]))
+
+    def states(self, after_seq: int = 0) -> dict[str, dict[str, Any]]:
+        """Every folded state changed by a ledger entry after ``after_seq``."""
+        with self.db.read() as connection:
+            rows = connection.execute(
+                sa.select(STATE.c.customer_id, STATE.c.state).where(STATE.c.seq > after_seq)
+            ).all()
+        return {r.customer_id: folding.with_defaults(_decode(r.state)) for r in rows}
+
+    def events(self, after_seq: int = 0, until_seq: int | None = None) -> pd.DataFrame:
+        """Ledger entries after ``after_seq`` (up to ``until_seq``), in arrival order.
+
+        Columns: ``seq, event_id, customer_id, type, ts`` (UTC), ``applied`` and ``payload``
+        (a dict per row).
+        """
+        query = sa.select(LEDGER).where(LEDGER.c.seq > after_seq).order_by(LEDGER.c.seq)
+        if until_seq is not None:
+            query = query.where(LEDGER.c.seq <= until_seq)
+        with self.db.read() as connection:
+            rows = connection.execute(query).all()
+        frame = pd.DataFrame(
+            [
+                {
+                    "seq": r.seq,
+                    "event_id": r.event_id,
+                    "customer_id": r.customer_id,
+                    "type": r.type,
+                    "ts": from_micros(r.ts),
+                    "applied": bool(r.applied),
+                    "payload": json.loads(r.payload) if r.payload else {},
+                }
+                for r in rows
+            ],
+            columns=["seq", "event_id", "customer_id", "type", "ts", "applied", "payload"],
+        )
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        return frame
+
+    def high_water(self) -> int:
+        """The seq of the newest ledger entry (0: empty)."""
+        with self.db.read() as connection:
+            value = connection.execute(sa.select(sa.func.max(LEDGER.c.seq))).scalar()
+        return int(value or 0)
+
+    def open_cases(self, customer_id: str) -> list[str]:
+        """The ids of the customer's open cases, oldest first."""
+        with self.db.read() as connection:
+            rows = connection.execute(
+                sa.select(CASES.c.case_id)
+                .where(
+                    CASES.c.customer_id == customer_id,
+                    CASES.c.opened_at.is_not(None),
+                    CASES.c.closed_at.is_(None),
+                )
+                .order_by(CASES.c.opened_at)
+            ).all()
+        return [r[0] for r in rows]
+
+    # -- claims and flights -----------------------------------------------------------------
+
+    def claim(self, customer_id: str, key: str, decision_id: str, at: datetime) -> bool:
+        """Take the one-shot claim ``key`` for the customer; False when someone holds it."""
+        with self.db.begin() as tx:
+            result = tx.execute(
+                self.db.insert(CLAIMS)
+                .values(customer_id=customer_id, key=key, decision_id=decision_id, at=micros(at))
+                .on_conflict_do_nothing(index_elements=["customer_id", "key"])
+            )
+        return bool(result.rowcount)
+
+    def release(self, customer_id: str, key: str, decision_id: str) -> None:
+        """Give back a claim taken by ``decision_id`` (its action was not given after all)."""
+        with self.db.begin() as tx:
+            tx.execute(
+                CLAIMS.delete().where(
+                    CLAIMS.c.customer_id == customer_id,
+                    CLAIMS.c.key == key,
+                    CLAIMS.c.decision_id == decision_id,
+                )
+            )
+
+    def add_passengers(
+        self, tx: sa.Connection, rows: Iterable[tuple[str, str, datetime | pd.Timestamp]]
+    ) -> None:
+        """Record (flight_number, customer_id, scheduled_at) legs in the flight manifest."""
+        values = [
+            {
+                "flight_number": number,
+                "flight_date": pd.Timestamp(at).strftime("%Y-%m-%d"),
+                "customer_id": customer,
+                "scheduled_at": micros(pd.Timestamp(at)),
+            }
+            for number, customer, at in rows
+        ]
+        if values:
+            tx.execute(self.db.insert(MANIFEST).on_conflict_do_nothing(), values)
+
+    def passengers(self, flight_number: str, scheduled_at: datetime) -> list[str]:
+        """The customers with a leg of ``flight_number`` on ``scheduled_at``'s UTC date."""
+        day = pd.Timestamp(scheduled_at).tz_convert("UTC").strftime("%Y-%m-%d")
+        with self.db.read() as connection:
+            rows = connection.execute(
+                sa.select(MANIFEST.c.customer_id)
+                .where(MANIFEST.c.flight_number == flight_number, MANIFEST.c.flight_date == day)
+                .order_by(MANIFEST.c.customer_id)
+            ).all()
+        return [r[0] for r in rows]
+
+    # -- the rebuild ------------------------------------------------------------------------
+
+    def rebuilt_seq(self) -> int:
+        """The ledger position the last rebuild folded into the feature table (0: none)."""
+        with self.db.read() as connection:
+            value = connection.execute(
+                sa.select(META.c.value).where(META.c.name == "rebuilt_seq")
+            ).scalar()
+        return int(value or 0)
+
+    def reset_after_rebuild(
+        self, cases: pd.DataFrame, flights: pd.DataFrame, customers: Iterable[str], folded_seq: int
+    ) -> list[str]:
+        """Make the memory agree with a rebuild that folded the ledger up to ``folded_seq``.
+
+        The cases become the merged export's (``memory.rebuild.merge``), plus closings still
+        waiting for their opening; the flight manifest gains the export's numbered legs; the
+        states of the export's customers that no later event touched are dropped (the online
+        store now serves them as rebuilt).
+
+        Returns:
+            The customers whose state must be folded again over the rebuilt row (``refold``):
+            touched by an event after ``folded_seq``, or unknown to the export.
+        """
+        known = set(customers)
+        rows = [
+            {
+                "case_id": str(r.case_id),
+                "customer_id": str(r.customer_id),
+                "opened_at": micros(r.opened_at),
+                "closed_at": None if pd.isna(r.closed_at) else micros(r.closed_at),
+                "topic": r.topic,
+                "sentiment": None if pd.isna(r.sentiment) else float(r.sentiment),
+                "compensated": bool(r.compensated),
+            }
+            for r in cases.itertuples(index=False)
+        ]
+        numbered = (
+            flights.dropna(subset=["flight_number"])
+            if "flight_number" in flights
+            else flights.iloc[:0]
+        )
+        with self.db.begin() as tx:
+            tx.execute(CASES.delete().where(CASES.c.opened_at.is_not(None)))
+            if rows:
+                tx.execute(self.db.insert(CASES).on_conflict_do_nothing(), rows)
+            self.add_passengers(
+                tx,
+                zip(
+                    numbered["flight_number"].astype(str),
+                    numbered["customer_id"].astype(str),
+                    numbered["scheduled_at"],
+                    strict=True,
+                ),
+            )
+            states = tx.execute(sa.select(STATE.c.customer_id, STATE.c.seq)).all()
+            stale = [
+                r.customer_id for r in states if r.seq <= folded_seq and r.customer_id in known
+            ]
+            for start in range(0, len(stale), 500):
+                tx.execute(
+                    STATE.delete().where(STATE.c.customer_id.in_(stale[start : start + 500]))
+                )
+            statement = self.db.insert(META).values(name="rebuilt_seq", value=str(folded_seq))
+            tx.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["name"], set_={"value": statement.excluded.value}
+                )
+            )
+        return sorted({r.customer_id for r in states} - set(stale))
+
+    def refold(self, customer_id: str, base: Mapping[str, Any], after_seq: int) -> dict[str, Any]:
+        """Fold the customer's events after ``after_seq`` over ``base`` (the rebuilt online row);
+        the result replaces the customer's state and is returned (to be pushed)."""
+        with self.db.begin() as tx:
+            current = self._state_for_update(tx, customer_id, None)
+            rows = tx.execute(
+                sa.select(LEDGER)
+                .where(
+                    LEDGER.c.customer_id == customer_id,
+                    LEDGER.c.seq > after_seq,
+                    LEDGER.c.applied.is_(True),
+                )
+                .order_by(LEDGER.c.seq)
+            ).all()
+            state = folding.with_defaults(base) if base else current
+            for r in rows:
+                payload = json.loads(r.payload) if r.payload else {}
+                state, _ = folding.fold(state, {"type": r.type, "ts": from_micros(r.ts), **payload})
+            state = folding.project_cases(state, self._cases(tx, customer_id))
+            last = max([after_seq, *(int(r.seq) for r in rows)])
+            self._save_state(tx, customer_id, state, last)
+        return state

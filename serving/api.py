@@ -196,6 +196,11 @@ class DecideResponse(BaseModel):
     reasons: list[str]
     model_version: str | None
     degraded: bool
+    known_customer: bool = Field(
+        default=True,
+        description="False for a customer with no history on record (a new visitor): decided "
+        "on defaults, and blocked_by names only the rules that apply to one.",
+    )
 
 
 class DecideBatchRequest(BaseModel):

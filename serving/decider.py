@@ -52,6 +52,7 @@ from features import decision_log, schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from features.derive import derive_columns, derive_row
+from memory.fold import empty_state, served
 from serving import explain, guardrails
 from serving.guardrails import RuleSet
 from serving.history import PromoHistory
@@ -71,6 +72,12 @@ logger = logging.getLogger(__name__)
 
 #: Channel assumed when a request gives none (booking sites call at search time).
 DEFAULT_CHANNEL: Final = "web"
+#: What a customer with nothing on record (a new visitor) is judged with by the guardrails:
+#: no open case, no disruption, no unsubscribe, no miles. Consent stays unknown (missing): the
+#: rule ``no_marketing_consent_on_record`` names it.
+NEW_VISITOR: Final[dict[str, Any]] = {
+    k: v for k, v in served(empty_state()).items() if v is not None and k != "marketing_opt_in"
+}
 #: The guardrail a budget race falls back on (its rule name must exist in the rule file).
 BUDGET_RULE: Final = "apology_daily_budget"
 #: ``decide_batch`` below this many requests runs ``decide`` per request: measured here, a batch
@@ -423,6 +430,11 @@ class Decider:
         uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
 
         row["channel"] = request.channel
+        read_as = {k: row.get(k) for k in NEW_VISITOR}  # the log keeps what was read
+        if not found:
+            # A new visitor: nothing on record is no case, no disruption, no opt-out (scored
+            # as unknown above; judged here as what it is, so blocked_by is honest).
+            row.update(NEW_VISITOR)
         if server_side is None:
             row["promos_7d"] = self.history.count(request.customer_id, now, 7.0)
             row["apology_budget_left"] = self.budget.remaining()
@@ -446,6 +458,7 @@ class Decider:
             try:
                 yield (_ADD_PROMO, request.customer_id, now)
             except Exception as error:
+                row.update(read_as)
                 return self._degraded(request, now,
                                       f"promo history unavailable: {_brief(error)}",
                                       started, row, found)  # fmt: skip
@@ -453,7 +466,8 @@ class Decider:
         reasons: list[str] = []
         if request.explain:
             reasons = self._reasons(request, row, found, decision, blocked)
-        response = _response(request, decision, reasons, self.model, False)
+        row.update(read_as)
+        response = _response(request, decision, reasons, self.model, False, found)
         self._write_log(request, now, decision, response, row, found, None, started)
         return response
 
@@ -504,7 +518,7 @@ class Decider:
         )
         decision = Decision(NONE, 1.0, ranking, False)
         reasons = [f"degraded: {reason}; answering the safe action"] if request.explain else []
-        response = _response(request, decision, reasons, self.model, True)
+        response = _response(request, decision, reasons, self.model, True, found)
         self._write_log(request, now, decision, response, row or {}, found, reason, started)
         return response
 
@@ -604,6 +618,11 @@ class _Batch:
                 frame[name] = columns.numeric(name)
         frame.update(derived)
         self.frame = pd.DataFrame(frame, copy=False)
+        self.known = np.asarray(columns.present["marketing_opt_in"], dtype=bool)
+        if not self.known.all():  # new visitors, judged as in ``Decider._steps``
+            for name, value in NEW_VISITOR.items():
+                if name in self.frame:
+                    self.frame.loc[~self.known, name] = float(value)
         self.eligible = np.zeros((n, len(ACTIONS)), dtype=bool)
         self.blocked_by: list[list[tuple[str, ...]]] = [[] for _ in range(n)]
         self.chosen = np.zeros(n, dtype=np.int64)
@@ -720,6 +739,7 @@ class _Batch:
                 "reasons": [],
                 "model_version": version,
                 "degraded": False,
+                "known_customer": bool(self.known[i]),
             }
             for i, (decision_id, request, action) in enumerate(
                 zip(self.decision_ids, self.requests, chosen, strict=True)
@@ -737,6 +757,8 @@ class _Batch:
         """Request ``i``'s values as the single-request path sees them (for reasons)."""
         row: dict[str, Any] = self.columns.row(i)
         row.update({name: values[i].item() for name, values in self.derived.items()})
+        if not self.known[i]:
+            row.update(NEW_VISITOR)
         promos = self.promos[i]
         row["channel"] = self.channels[i]
         row["promos_7d"] = None if np.isnan(promos) else int(promos)
@@ -860,6 +882,7 @@ def _response(
     reasons: list[str],
     model: LoadedModel | None,
     degraded: bool,
+    known: bool,
 ) -> dict[str, Any]:
     """The contract's response body."""
     return {
@@ -879,4 +902,5 @@ def _response(
         "reasons": reasons,
         "model_version": model.version if model is not None else None,
         "degraded": degraded,
+        "known_customer": known,
     }

@@ -52,6 +52,7 @@ def test_shipped_file_loads_with_the_expected_rules() -> None:
         "open_service_case",
         "recent_negative_experience",
         "marketing_opt_out",
+        "no_marketing_consent_on_record",
         "promo_frequency_cap",
         "apology_needs_recent_uncompensated_negative",
         "apology_daily_budget",
@@ -141,7 +142,7 @@ MISSING = [None, math.nan, pd.NA, pd.NaT, "not a value"]
     ("name", "action", "rule"),
     [
         ("open_case_count", "promo", "open_service_case"),
-        ("marketing_opt_in", "promo", "marketing_opt_out"),
+        ("marketing_opt_in", "promo", "no_marketing_consent_on_record"),
         ("unsubscribed", "promo", "marketing_opt_out"),
         ("promos_7d", "promo", "promo_frequency_cap"),
         (

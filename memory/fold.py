@@ -145,9 +145,12 @@ def fold(state: Mapping[str, Any], event: Mapping[str, Any]) -> tuple[dict[str, 
     def negative(kind_: str, delay: int) -> None:
         known = stamp(new["last_negative_at"])
         # Two at the same time: the worse one is kept, whichever arrived last.
-        worse = _SEVERITY[kind_] + (delay,) > _SEVERITY.get(new["last_negative_kind"], (-1,)) + (
+        mine = (*_SEVERITY[kind_], delay)
+        theirs = (
+            *_SEVERITY.get(new["last_negative_kind"], (-1,)),
             int(new["last_negative_delay_minutes"] or 0),
         )
+        worse = mine > theirs
         if known is None or ts > known or (ts == known and worse):
             new.update(last_negative_at=ts, last_negative_kind=kind_,
                        last_negative_delay_minutes=delay)  # fmt: skip

@@ -347,16 +347,11 @@ class Memory:
             )
         return bool(result.rowcount)
 
-    def release(self, customer_id: str, key: str, decision_id: str) -> None:
-        """Give back a claim taken by ``decision_id`` (its action was not given after all)."""
+    def release(self, customer_id: str, key: str) -> None:
+        """Give back the claim ``key`` (its action was not given after all)."""
         with self.db.begin() as tx:
-            tx.execute(
-                CLAIMS.delete().where(
-                    CLAIMS.c.customer_id == customer_id,
-                    CLAIMS.c.key == key,
-                    CLAIMS.c.decision_id == decision_id,
-                )
-            )
+            tx.execute(CLAIMS.delete().where(CLAIMS.c.customer_id == customer_id,
+                                             CLAIMS.c.key == key))  # fmt: skip
 
     def add_passengers(
         self, tx: sa.Connection, rows: Iterable[tuple[str, str, datetime | pd.Timestamp]]

@@ -33,6 +33,7 @@ decision log's ``degraded_reason``; a promo that cannot be recorded in the histo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -104,6 +105,29 @@ Steps = Generator[tuple[Any, ...], Any, dict[str, Any]]
 _READ: Final = "read"
 _TAKE: Final = "take"
 _ADD_PROMO: Final = "add_promo"
+_CLAIM: Final = "claim"
+_GRANTED: Final = "granted"
+_RELEASE: Final = "release"
+
+
+class Apologies(Protocol):
+    """One apology credit per negative experience (the customer memory's claims).
+
+    ``claim`` takes the experience's one-shot claim (False: another decision holds it);
+    ``granted`` records the credit as the customer's compensation (the next decision sees
+    it); ``release`` gives a claim back when the budget then refused the credit.
+    """
+
+    def claim(self, customer_id: str, key: str, now: datetime) -> bool: ...
+
+    def granted(self, customer_id: str, key: str, now: datetime) -> None: ...
+
+    def release(self, customer_id: str, key: str) -> None: ...
+
+
+def apology_key(row: Mapping[str, Any]) -> str:
+    """The negative experience an apology credit answers: its time, as the claim's key."""
+    return f"apology:{row.get('last_negative_at')}"
 
 
 def _resume(
@@ -174,6 +198,8 @@ class Decider:
         log: sink for decision-log rows (``LogWriter.append``); None: no log.
         read_columns: many customers' stored features as columns (``read_columns`` of
             ``features.store.DirectOnlineReader``); default: ``read_many``'s rows converted.
+        apologies: the customer memory's claims (``Apologies``): one apology credit per
+            negative experience, whatever worker, host or channel decides it.
         read_context: for ``decide``, one call that returns what ``read``, the history's
             ``count`` and the budget's ``remaining`` would (``serving.redisreads``: one Redis
             round trip); default: the three calls.
@@ -203,6 +229,7 @@ class Decider:
         read_columns: ColumnReader | None = None,
         log_columns: Callable[[LogColumns, int], None] | None = None,
         read_context: ContextReader | None = None,
+        apologies: Apologies | None = None,
     ) -> None:
         if BUDGET_RULE not in rules.names:
             raise guardrails.GuardrailError(
@@ -219,6 +246,8 @@ class Decider:
         self._log = log
         self._read_columns_fn = read_columns
         self._read_context = read_context
+        #: One apology credit per negative experience (``Apologies``), or None: not enforced.
+        self.apologies = apologies
         #: Batches smaller than this are decided one request at a time (see ``decide_batch``).
         self.small_batch = SMALL_BATCH
         self._log_columns = log_columns
@@ -247,8 +276,10 @@ class Decider:
                     answer = self._read_now(op[1], op[2])
                 elif op[0] is _TAKE:
                     answer = self.budget.take()
-                else:
+                elif op[0] is _ADD_PROMO:
                     self.history.add(op[1], op[2])
+                else:
+                    answer = self._apology_op(op)
             except Exception as failed:
                 error = failed
             op, response = _resume(steps, answer, error)
@@ -272,12 +303,22 @@ class Decider:
                     answer = await io.read(op[1], op[2])
                 elif op[0] is _TAKE:
                     answer = await io.take_credit()
-                else:
+                elif op[0] is _ADD_PROMO:
                     await io.add_promo(op[1], op[2])
+                else:  # rare (an apology credit): the memory's blocking call, off the loop
+                    answer = await asyncio.to_thread(self._apology_op, op)
             except Exception as failed:
                 error = failed
             op, response = _resume(steps, answer, error)
         return response
+
+    def _apology_op(self, op: tuple[Any, ...]) -> Any:
+        assert self.apologies is not None
+        if op[0] is _CLAIM:
+            return self.apologies.claim(op[1], op[2], op[3])
+        if op[0] is _GRANTED:
+            return self.apologies.granted(op[1], op[2], op[3])
+        return self.apologies.release(op[1], op[2])
 
     def decide_batch(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
         """``decide`` for many requests, as arrays: one online read and one model call.
@@ -442,12 +483,34 @@ class Decider:
             row["promos_7d"], row["apology_budget_left"] = server_side
         blocked = guardrails.evaluate(self.rules, row)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
+        if decision.action == "apology_credit" and self.apologies is not None:
+            key = apology_key(row)
+            try:
+                claimed = yield (_CLAIM, request.customer_id, key, now)
+            except Exception as error:  # fail closed: no credit rather than a second one
+                self._warn("claims", f"apology claims unavailable: {_brief(error)}")
+                claimed = False
+            if not claimed:
+                # This experience was compensated by another decision (worker, host, channel).
+                row["compensated_since_last_negative"] = True
+                blocked = guardrails.evaluate(self.rules, row)
+                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
+                                     self._rng)  # fmt: skip
         if decision.action == "apology_credit":
             try:
                 granted = yield (_TAKE,)
             except Exception as error:  # fail closed: no credit rather than too many
                 self._warn("budget", f"apology budget unavailable: {_brief(error)}")
                 granted = False
+            if self.apologies is not None:
+                try:
+                    if granted:
+                        yield (_GRANTED, request.customer_id, key, now)
+                    else:
+                        yield (_RELEASE, request.customer_id, key)
+                except Exception as error:  # not recorded: not given (fail closed)
+                    self._warn("claims", f"apology not recorded: {_brief(error)}")
+                    granted = False
             if not granted:
                 # A concurrent request took the last credit of the pace: decide again without.
                 row["apology_budget_left"] = 0
@@ -652,6 +715,34 @@ class _Batch:
         for j, i in enumerate(rows.tolist()):
             self.blocked_by[i] = blocked_by[j]
 
+    def _claim(self, i: int) -> bool:
+        """Take request ``i``'s apology claim (``Decider.apologies``); when it is held or
+        unreadable, decide ``i`` again as compensated and answer False."""
+        apologies = self.decider.apologies
+        if apologies is None:
+            return True
+        request = self.requests[i]
+        try:
+            if apologies.claim(request.customer_id, apology_key(self.row(i)), self.now):
+                return True
+        except Exception as error:  # fail closed: no credit rather than a second one
+            self.decider._warn("claims", f"apology claims unavailable: {_brief(error)}")
+        self.frame.loc[i, "compensated_since_last_negative"] = True
+        self._decide(np.array([i]))
+        return False
+
+    def _granted(self, i: int) -> None:
+        apologies = self.decider.apologies
+        if apologies is not None:
+            request = self.requests[i]
+            apologies.granted(request.customer_id, apology_key(self.row(i)), self.now)
+
+    def _release(self, i: int) -> None:
+        apologies = self.decider.apologies
+        if apologies is not None:
+            request = self.requests[i]
+            apologies.release(request.customer_id, apology_key(self.row(i)))
+
     def settle(self) -> None:
         """Apply the budget and the promo history in request order (see ``decide_batch``)."""
         ids = [r.customer_id for r in self.requests]
@@ -678,10 +769,13 @@ class _Batch:
                 stale[i] = False
                 self._decide(np.array([i]))
             changed = False
+            if self.chosen[i] == _APOLOGY and not self._claim(i):
+                changed = True  # decided again as compensated: no second credit
             for attempt in range(3):
                 if self.chosen[i] != _APOLOGY:
                     break
                 if budget.take():
+                    self._granted(i)
                     left = budget.remaining()
                     if left <= 0 and i + 1 < self.n:
                         # That was the last credit of the pace: the requests after this one see
@@ -690,6 +784,7 @@ class _Batch:
                         self._decide(np.arange(i + 1, self.n))
                         changed = True
                     break
+                self._release(i)
                 # Another worker took the last credit first: this request and the ones after
                 # it are decided again with what is left (then with nothing).
                 self.budget_left[i:] = budget.remaining() if attempt == 0 else 0

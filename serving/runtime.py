@@ -21,6 +21,7 @@ decisions, ``/events`` and the readiness probe fail at once instead of waiting a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -303,8 +304,11 @@ class Runtime:
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
         )
-        return cls(decider, adapter, reader, decision_writer, event_writer, memory, problems,
-                   decision_io, breaker)  # fmt: skip
+        runtime = cls(decider, adapter, reader, decision_writer, event_writer, memory,
+                      problems, decision_io, breaker)  # fmt: skip
+        if memory is not None:
+            decider.apologies = RuntimeApologies(runtime)
+        return runtime
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): a model is loaded and the feature store answers a read."""
@@ -394,6 +398,33 @@ class Runtime:
         if hasattr(history, "close"):
             history.close()
         self.decider.budget.close()
+
+
+class RuntimeApologies:
+    """``serving.decider.Apologies`` on the customer memory: the claim is a row of its
+    ``claims`` table; a granted credit is a ``compensation_granted`` fact in the ledger,
+    pushed like any event, so the next decision (any worker, host or channel) sees the
+    experience compensated and its reasons say so."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @property
+    def _memory(self) -> Memory:
+        if self.runtime.memory is None:
+            raise RuntimeError("customer memory not opened")
+        return self.runtime.memory
+
+    def claim(self, customer_id: str, key: str, now: datetime) -> bool:
+        return self._memory.claim(customer_id, key, f"c-{uuid.uuid4().hex}", now)
+
+    def granted(self, customer_id: str, key: str, now: datetime) -> None:
+        digest = hashlib.sha1(f"{customer_id}|{key}".encode()).hexdigest()[:32]
+        self.runtime.handle_event({"customer_id": customer_id, "type": "compensation_granted",
+                                   "ts": now, "event_id": f"apology-{digest}"})  # fmt: skip
+
+    def release(self, customer_id: str, key: str) -> None:
+        self._memory.release(customer_id, key)
 
 
 def refold_after_rebuild(memory: Memory, adapter: Any, raw: Any, folded_seq: int) -> int:

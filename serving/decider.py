@@ -56,7 +56,8 @@ from features.derive import derive_columns, derive_row
 from memory.fold import empty_state, served
 from serving import explain, guardrails
 from serving.guardrails import RuleSet
-from serving.history import PromoHistory
+from serving.history import COUNTS, Contact, ContactHistory, contact_counts
+from serving.history import micros as _micros
 from serving.policy import (
     NONE,
     DailyBudget,
@@ -104,7 +105,7 @@ Steps = Generator[tuple[Any, ...], Any, dict[str, Any]]
 # The store operations of ``Decider._steps`` (compared by identity on the request path).
 _READ: Final = "read"
 _TAKE: Final = "take"
-_ADD_PROMO: Final = "add_promo"
+_ADD_CONTACT: Final = "add_contact"
 _CLAIM: Final = "claim"
 _GRANTED: Final = "granted"
 _RELEASE: Final = "release"
@@ -149,16 +150,16 @@ class DecisionIO(Protocol):
     """
 
     async def read(self, customer_id: str, now: datetime) -> Context:
-        """Stored features and ``(promos in the 7 days to now, apology credits left)``;
-        raises when the features cannot be read."""
+        """Stored features and ``(recent contacts or None, apology credits left)``; raises
+        when the features cannot be read."""
         ...
 
     async def take_credit(self) -> bool:
         """Take one apology credit from the shared budget if the pace allows it now."""
         ...
 
-    async def add_promo(self, customer_id: str, at: datetime) -> None:
-        """Record a promo given at ``at``; raises when it cannot be recorded."""
+    async def add_contact(self, customer_id: str, at: datetime, action: str, channel: str) -> None:
+        """Record ``action`` given on ``channel`` at ``at``; raises when it cannot be recorded."""
         ...
 
 
@@ -220,7 +221,7 @@ class Decider:
         rules: RuleSet,
         costs: ActionCosts,
         budget: DailyBudget,
-        history: PromoHistory,
+        history: ContactHistory,
         log: Callable[[Mapping[str, Any]], None] | None = None,
         epsilon: float = 0.0,
         rng: random.Random | None = None,
@@ -276,8 +277,8 @@ class Decider:
                     answer = self._read_now(op[1], op[2])
                 elif op[0] is _TAKE:
                     answer = self.budget.take()
-                elif op[0] is _ADD_PROMO:
-                    self.history.add(op[1], op[2])
+                elif op[0] is _ADD_CONTACT:
+                    self.history.add(op[1], op[2], op[3], op[4])
                 else:
                     answer = self._apology_op(op)
             except Exception as failed:
@@ -303,8 +304,8 @@ class Decider:
                     answer = await io.read(op[1], op[2])
                 elif op[0] is _TAKE:
                     answer = await io.take_credit()
-                elif op[0] is _ADD_PROMO:
-                    await io.add_promo(op[1], op[2])
+                elif op[0] is _ADD_CONTACT:
+                    await io.add_contact(op[1], op[2], op[3], op[4])
                 else:  # rare (an apology credit): the memory's blocking call, off the loop
                     answer = await asyncio.to_thread(self._apology_op, op)
             except Exception as failed:
@@ -436,8 +437,8 @@ class Decider:
     def _read_now(self, customer_id: str, now: datetime) -> Context:
         """``_READ``'s answer from the decider's own readers (``decide``)."""
         if self._read_context is not None:
-            stored, promos, left = self._read_context(customer_id, now)
-            return stored, (promos, left)
+            stored, contacts, left = self._read_context(customer_id, now)
+            return stored, (contacts, left)
         return self._read(customer_id), None
 
     def _steps(self, request: Request) -> Steps:
@@ -477,10 +478,11 @@ class Decider:
             # as unknown above; judged here as what it is, so blocked_by is honest).
             row.update(NEW_VISITOR)
         if server_side is None:
-            row["promos_7d"] = self.history.count(request.customer_id, now, 7.0)
+            contacts = self.history.contacts(request.customer_id, now)
             row["apology_budget_left"] = self.budget.remaining()
         else:  # read with the features (``read_context``, ``DecisionIO.read``)
-            row["promos_7d"], row["apology_budget_left"] = server_side
+            contacts, row["apology_budget_left"] = server_side
+        row.update(contact_counts(contacts, now, request.channel))
         blocked = guardrails.evaluate(self.rules, row)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
         if decision.action == "apology_credit" and self.apologies is not None:
@@ -517,13 +519,13 @@ class Decider:
                 blocked = guardrails.evaluate(self.rules, row)
                 decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
                                      self._rng)  # fmt: skip
-        if decision.action == "promo":
+        if decision.action != NONE:
             try:
-                yield (_ADD_PROMO, request.customer_id, now)
-            except Exception as error:
+                yield (_ADD_CONTACT, request.customer_id, now, decision.action, request.channel)
+            except Exception as error:  # not recorded: not given (the caps could not see it)
                 row.update(read_as)
                 return self._degraded(request, now,
-                                      f"promo history unavailable: {_brief(error)}",
+                                      f"contact history unavailable: {_brief(error)}",
                                       started, row, found)  # fmt: skip
 
         reasons: list[str] = []
@@ -671,7 +673,10 @@ class _Batch:
                 chosen = set(request.candidates)
                 self.candidate[i] = [a in chosen or a == NONE for a in ACTIONS]
         self.channels = np.array([r.channel for r in requests], dtype=object)
-        self.promos = _promo_counts(decider.history, [r.customer_id for r in requests], now)
+        self.contacts = _contacts(decider.history, [r.customer_id for r in requests], now)
+        self.counts = {name: np.full(n, np.nan) for name in COUNTS}
+        for i in range(n):
+            self._count(i)
         self.budget_left = np.full(n, decider.budget.remaining(), dtype=np.float64)
         frame: dict[str, Any] = {}
         for name, kind in schema.STORED.items():
@@ -701,7 +706,8 @@ class _Batch:
         else:
             frame = self.frame.iloc[rows].reset_index(drop=True)
         frame["channel"] = self.channels[rows]
-        frame["promos_7d"] = self.promos[rows]
+        for name, values in self.counts.items():
+            frame[name] = values[rows]
         frame["apology_budget_left"] = self.budget_left[rows]
         blocked, blocked_by = evaluate_batch(self.decider.rules, frame)
         eligible = self.candidate[rows] & ~blocked & np.isfinite(self.values[rows])
@@ -742,6 +748,12 @@ class _Batch:
         if apologies is not None:
             request = self.requests[i]
             apologies.release(request.customer_id, apology_key(self.row(i)))
+
+    def _count(self, i: int) -> None:
+        """Request ``i``'s contact counts from its contacts (NaN when unreadable)."""
+        counted = contact_counts(self.contacts[i], self.now, self.channels[i])
+        for name, value in counted.items():
+            self.counts[name][i] = np.nan if value is None else value
 
     def settle(self) -> None:
         """Apply the budget and the promo history in request order (see ``decide_batch``)."""
@@ -794,14 +806,20 @@ class _Batch:
                 tail = np.arange(i + 1, self.n)
                 needs = (self.chosen[i + 1 :] == _APOLOGY) | repeated[i + 1 :] | has_later[i + 1 :]
                 care = np.concatenate([care[: position + 1], tail[needs]])
-            if self.chosen[i] == _PROMO:
+            if self.chosen[i] != _NONE:
+                given = (_micros(self.now), ACTIONS[self.chosen[i]], self.channels[i])
                 for j in later.get(i, ()):
-                    self.promos[j] += 1
+                    contacts = self.contacts[j]
+                    if contacts is not None:
+                        contacts.append(given)
+                        self._count(j)
                     stale[j] = True
             position += 1
-        promos = np.flatnonzero(self.chosen == _PROMO).tolist()
-        if promos:
-            _record_promos(self.decider.history, [ids[i] for i in promos], self.now)
+        given = np.flatnonzero(self.chosen != _NONE).tolist()
+        if given:
+            self.decider.history.add_contacts(
+                [(ids[i], self.now, ACTIONS[self.chosen[i]], self.channels[i]) for i in given]
+            )
 
     def responses(self) -> list[dict[str, Any]]:
         """The contract's response bodies, in request order."""
@@ -854,9 +872,9 @@ class _Batch:
         row.update({name: values[i].item() for name, values in self.derived.items()})
         if not self.known[i]:
             row.update(NEW_VISITOR)
-        promos = self.promos[i]
         row["channel"] = self.channels[i]
-        row["promos_7d"] = None if np.isnan(promos) else int(promos)
+        for name, values in self.counts.items():
+            row[name] = None if np.isnan(values[i]) else int(values[i])
         row["apology_budget_left"] = int(self.budget_left[i])
         return row
 
@@ -931,20 +949,11 @@ class _Batch:
         return out
 
 
-def _promo_counts(history: PromoHistory, ids: list[str], now: datetime) -> np.ndarray:
-    """Promos in the last 7 days per request (NaN where unreadable: the cap then fails closed)."""
-    many = getattr(history, "count_many", None)
-    counts = many(ids, now, 7.0) if many is not None else [history.count(c, now, 7.0) for c in ids]
-    return np.array([np.nan if c is None else c for c in counts], dtype=np.float64)
-
-
-def _record_promos(history: PromoHistory, ids: list[str], now: datetime) -> None:
-    many = getattr(history, "add_many", None)
-    if many is not None:
-        many(ids, now)
-        return
-    for customer in ids:
-        history.add(customer, now)
+def _contacts(history: ContactHistory, ids: list[str], now: datetime) -> list[list[Contact] | None]:
+    """Each request's recent contacts (None where unreadable: the caps then fail closed)."""
+    many = getattr(history, "contacts_many", None)
+    found = many(ids, now) if many is not None else [history.contacts(c, now) for c in ids]
+    return [None if c is None else list(c) for c in found]
 
 
 def _finite_list(array: np.ndarray) -> list[Any]:

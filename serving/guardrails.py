@@ -58,12 +58,18 @@ DEFAULT_RULES_PATH: Final = Path(__file__).with_name("guardrails.yaml")
 NO_ACTION: Final = "none"
 
 #: Values that are not customer features but come from the request context or the server's own
-#: state: ``channel`` of the request; ``promos_7d``, promos decided for this customer in the
-#: last 7 days (from the decision history); ``apology_budget_left``, apology credits the daily
-#: pacer (``serving.policy.DailyBudget.remaining``) would still grant now.
+#: state: ``channel`` of the request; the contact history's counts (``serving.history``:
+#: ``promos_7d``; ``contacts_7d``, marketing contacts (promo, recognition) of the last 7 days
+#: on any channel, ``contacts_7d_channel`` on the decision's channel; ``recognitions_30d``;
+#: ``apology_credits_30d``); ``apology_budget_left``, apology credits the daily pacer
+#: (``serving.policy.DailyBudget.remaining``) would still grant now.
 CONTEXT: Final[dict[str, schema.FeatureType]] = {
     "channel": "string",
     "promos_7d": "int",
+    "contacts_7d": "int",
+    "contacts_7d_channel": "int",
+    "recognitions_30d": "int",
+    "apology_credits_30d": "int",
     "apology_budget_left": "int",
 }
 

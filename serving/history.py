@@ -1,16 +1,18 @@
-"""Promo history for the frequency cap: which customers got a promo, and when.
+"""Contact history for the contact policy: which customers got which action, on which channel.
 
-The ``promo_frequency_cap`` guardrail reads ``promos_7d``, the promos decided for the customer in
-the last 7 days. Several service workers (and replicas on one host) must see each other's
-promos at once, or a customer who searches twice could get two promos from two workers: the
+Every action given (promo, apology credit, recognition) is recorded with its channel when it is
+chosen, before the response leaves, so the next request sees it whichever worker (or host)
+answers. The guardrails read counts of it (``contact_counts``): ``promos_7d`` (the promo
+frequency cap), ``contacts_7d`` and ``contacts_7d_channel`` (marketing contacts, promo and
+recognition, across channels and on the decision's channel), ``recognitions_30d`` and
+``apology_credits_30d``; the caps themselves are rules of the guardrail file. On one host the
 history is a small SQLite table in WAL mode shared by every worker through one file (readers
-never block the writer). A promo is recorded synchronously when it is chosen, before the
-response leaves, so the next request sees it whichever worker answers. One file is enough on one
-host; the production profile (``NBA_PROMO_STORE=redis``) keeps the history in Redis, one sorted
-set per customer, so that every host behind a load balancer sees every promo.
+never block the writer); the production profile (``NBA_PROMO_STORE=redis``) keeps it in Redis,
+one sorted set per customer, so that every host behind a load balancer sees every contact.
 
-If the history cannot be read, ``count`` returns None: the guardrail treats a missing value as
-"fires" (fail closed), so no promo goes out rather than too many.
+If the history cannot be read, ``contacts`` returns None and every count is missing: the
+guardrails treat a missing value as "fires" (fail closed), so no marketing goes out rather than
+too much.
 """
 
 from __future__ import annotations
@@ -19,64 +21,163 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from serving.deadline import Breaker, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
+#: One contact: (epoch microseconds, action, channel).
+Contact = tuple[int, str, str]
+#: The longest window a count reads (days): what a read fetches and a store keeps.
+CONTACT_DAYS: Final = 30.0
+#: Marketing actions: the contact caps count them (an apology credit is a service action).
+MARKETING: Final = frozenset({"promo", "recognition"})
+#: The counts ``contact_counts`` gives the guardrails (all ints; None when unreadable).
+COUNTS: Final = (
+    "promos_7d",
+    "contacts_7d",
+    "contacts_7d_channel",
+    "recognitions_30d",
+    "apology_credits_30d",
+)
+_DAY_US: Final = 86_400_000_000
 
-class PromoHistory(Protocol):
-    """Where chosen promos are recorded and counted."""
 
-    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
-        """Promos for ``customer_id`` in ``(now - days, now]``; None when unreadable."""
+def micros(moment: datetime) -> int:
+    """Epoch microseconds of a tz-aware time."""
+    return int(moment.timestamp() * 1_000_000)
+
+
+def contact_counts(
+    contacts: Iterable[Contact] | None, now: datetime, channel: str
+) -> dict[str, int | None]:
+    """The guardrails' contact counts at ``now`` for a decision on ``channel`` (pure).
+
+    Windows are ``(now - days, now]``; None contacts (unreadable history) give None counts.
+    """
+    if contacts is None:
+        return dict.fromkeys(COUNTS)
+    end = micros(now)
+    week, month = end - 7 * _DAY_US, end - 30 * _DAY_US
+    counts = dict.fromkeys(COUNTS, 0)
+    for at, action, where in contacts:
+        if not month < at <= end:
+            continue
+        if action == "recognition":
+            counts["recognitions_30d"] += 1
+        elif action == "apology_credit":
+            counts["apology_credits_30d"] += 1
+        if at > week and action in MARKETING:
+            counts["contacts_7d"] += 1
+            counts["promos_7d"] += action == "promo"
+            counts["contacts_7d_channel"] += where == channel
+    return counts  # type: ignore[return-value]
+
+
+def _member(action: str, channel: str, stamp: int) -> str:
+    return f"{stamp}-{uuid.uuid4().hex[:8]}|{action}|{channel}"
+
+
+def _parse_member(member: bytes | str, score: float | int | None = None) -> Contact:
+    text = member.decode() if isinstance(member, bytes) else member
+    stamp_part, _, rest = text.partition("|")
+    # Members written before contacts had actions ("<stamp>-<random>") were promos.
+    action, _, channel = rest.partition("|") if rest else ("promo", "", "")
+    at = int(score) if score is not None else int(stamp_part.split("-")[0])
+    return (at, action or "promo", channel)
+
+
+class ContactHistory(Protocol):
+    """Where given actions are recorded and read back."""
+
+    def contacts(self, customer_id: str, now: datetime) -> list[Contact] | None:
+        """The customer's contacts of the last ``CONTACT_DAYS`` to ``now``; None: unreadable."""
         ...
 
-    def add(self, customer_id: str, at: datetime) -> None:
-        """Record a promo decided for ``customer_id`` at ``at``."""
+    def add(self, customer_id: str, at: datetime, action: str = "promo",
+            channel: str = "web") -> None:  # fmt: skip
+        """Record ``action`` given to ``customer_id`` on ``channel`` at ``at``."""
+        ...
+
+    def add_contacts(self, items: Iterable[tuple[str, datetime, str, str]]) -> None:
+        """``add`` for many (customer, time, action, channel)."""
         ...
 
 
-class MemoryPromoHistory:
+class _Counts:
+    """Counts and plain adds over ``contacts`` / ``add_contacts`` (shared by the stores)."""
+
+    def contacts(self, customer_id: str, now: datetime) -> list[Contact] | None:
+        raise NotImplementedError
+
+    def contacts_many(self, customer_ids: list[str], now: datetime) -> list[list[Contact] | None]:
+        raise NotImplementedError
+
+    def add_contacts(self, items: Iterable[tuple[str, datetime, str, str]]) -> None:
+        raise NotImplementedError
+
+    def count(self, customer_id: str, now: datetime, days: float = 7.0,
+              action: str = "promo") -> int | None:  # fmt: skip
+        """``action``s given to the customer in ``(now - days, now]`` (None: unreadable)."""
+        return self.count_many([customer_id], now, days, action)[0]
+
+    def count_many(self, customer_ids: list[str], now: datetime, days: float = 7.0,
+                   action: str = "promo") -> list[int | None]:  # fmt: skip
+        """``count`` for many customers."""
+        start, end = micros(now - timedelta(days=days)), micros(now)
+        return [
+            None if found is None
+            else sum(1 for at, what, _ in found if what == action and start < at <= end)
+            for found in self.contacts_many(customer_ids, now)
+        ]  # fmt: skip
+
+    def add(self, customer_id: str, at: datetime, action: str = "promo",
+            channel: str = "web") -> None:  # fmt: skip
+        """Record ``action`` given to ``customer_id`` on ``channel`` at ``at``."""
+        self.add_contacts([(customer_id, at, action, channel)])
+
+    def add_many(self, customer_ids: list[str], at: datetime, action: str = "promo",
+                 channel: str = "web") -> None:  # fmt: skip
+        """``add`` for many customers at one time."""
+        self.add_contacts([(c, at, action, channel) for c in customer_ids])
+
+
+class MemoryContactHistory(_Counts):
     """A per-process history (tests, offline use)."""
 
     def __init__(self) -> None:
-        self._times: dict[str, list[datetime]] = {}
+        self._contacts: dict[str, list[Contact]] = {}
         self._lock = threading.Lock()
 
-    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
-        start = now - timedelta(days=days)
+    def contacts(self, customer_id: str, now: datetime) -> list[Contact] | None:
+        start, end = micros(now - timedelta(days=CONTACT_DAYS)), micros(now)
         with self._lock:
-            return sum(start < t <= now for t in self._times.get(customer_id, ()))
+            return [c for c in self._contacts.get(customer_id, ()) if start < c[0] <= end]
 
-    def add(self, customer_id: str, at: datetime) -> None:
+    def contacts_many(self, customer_ids: list[str], now: datetime) -> list[list[Contact] | None]:
+        """``contacts`` for many customers."""
+        return [self.contacts(c, now) for c in customer_ids]
+
+    def add_contacts(self, items: Iterable[tuple[str, datetime, str, str]]) -> None:
+        """``add`` for many (customer, time, action, channel)."""
         with self._lock:
-            self._times.setdefault(customer_id, []).append(at)
-
-    def count_many(
-        self, customer_ids: list[str], now: datetime, days: float = 7.0
-    ) -> list[int | None]:
-        """``count`` for many customers."""
-        return [self.count(c, now, days) for c in customer_ids]
-
-    def add_many(self, customer_ids: list[str], at: datetime) -> None:
-        """``add`` for many customers."""
-        for customer_id in customer_ids:
-            self.add(customer_id, at)
+            for customer_id, at, action, channel in items:
+                self._contacts.setdefault(customer_id, []).append((micros(at), action, channel))
 
 
-class SqlitePromoHistory:
+class SqliteContactHistory(_Counts):
     """The history in one SQLite file shared by every worker on the host.
 
     Rows older than ``keep_days`` are pruned now and then; times are stored as epoch
     microseconds (UTC) so that comparisons are integer comparisons.
     """
 
-    def __init__(self, path: Path, keep_days: float = 8.0, timeout: float = 2.0) -> None:
+    def __init__(self, path: Path, keep_days: float = CONTACT_DAYS + 1,
+                 timeout: float = 2.0) -> None:  # fmt: skip
         """``timeout``: SQLite's busy timeout in seconds, the deadline of every call (another
         worker's write holds the file's lock meanwhile)."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,74 +189,66 @@ class SqlitePromoHistory:
         # connections are not safe to share between threads without one.
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: durable across a process crash, not an OS crash; a lost promo record can only
-        # allow one extra promo after a power cut.
+        # NORMAL: durable across a process crash, not an OS crash; a lost contact record can
+        # only allow one extra message after a power cut.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS promos (customer_id TEXT NOT NULL, at_us INTEGER NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS promos_by_customer ON promos (customer_id, at_us)"
-        )
-        self._db.commit()
+        with self._db:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS contacts (customer_id TEXT NOT NULL, "
+                "at_us INTEGER NOT NULL, action TEXT NOT NULL, channel TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS contacts_by_customer ON contacts (customer_id, at_us)"
+            )
+            # A history written before contacts had actions: its rows were promos.
+            old = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'promos'"
+            ).fetchone()
+            if old is not None:
+                self._db.execute("INSERT INTO contacts SELECT customer_id, at_us, 'promo', '' "
+                                 "FROM promos")  # fmt: skip
+                self._db.execute("DROP TABLE promos")
 
-    @staticmethod
-    def _us(moment: datetime) -> int:
-        return int(moment.timestamp() * 1_000_000)
+    def contacts(self, customer_id: str, now: datetime) -> list[Contact] | None:
+        return self.contacts_many([customer_id], now)[0]
 
-    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
-        try:
-            with self._lock:
-                (n,) = self._db.execute(
-                    "SELECT COUNT(*) FROM promos"
-                    " WHERE customer_id = ? AND at_us > ? AND at_us <= ?",
-                    (customer_id, self._us(now - timedelta(days=days)), self._us(now)),
-                ).fetchone()
-            return int(n)
-        except sqlite3.Error as error:
-            logger.warning("promo history unreadable (%s): promos blocked", error)
-            return None
-
-    def add(self, customer_id: str, at: datetime) -> None:
-        self.add_many([customer_id], at)
-
-    def count_many(
-        self, customer_ids: list[str], now: datetime, days: float = 7.0
-    ) -> list[int | None]:
-        """``count`` for many customers (a batch) in one statement per 900 ids."""
-        window = (self._us(now - timedelta(days=days)), self._us(now))
-        counts: dict[str, int] = {}
+    def contacts_many(self, customer_ids: list[str], now: datetime) -> list[list[Contact] | None]:
+        """``contacts`` for many customers (a batch) in one statement per 900 ids."""
+        window = (micros(now - timedelta(days=CONTACT_DAYS)), micros(now))
+        found: dict[str, list[Contact]] = {}
         unique = list(dict.fromkeys(customer_ids))
         try:
             with self._lock:
                 for start in range(0, len(unique), 900):
                     chunk = unique[start : start + 900]
                     marks = ",".join("?" * len(chunk))
-                    counts.update(
-                        self._db.execute(
-                            "SELECT customer_id, COUNT(*) FROM promos WHERE customer_id IN "
-                            f"({marks}) AND at_us > ? AND at_us <= ? GROUP BY customer_id",
-                            (*chunk, *window),
-                        ).fetchall()
-                    )
+                    for customer_id, at, action, channel in self._db.execute(
+                        "SELECT customer_id, at_us, action, channel FROM contacts WHERE "
+                        f"customer_id IN ({marks}) AND at_us > ? AND at_us <= ?",
+                        (*chunk, *window),
+                    ):
+                        found.setdefault(customer_id, []).append((at, action, channel))
         except sqlite3.Error as error:
-            logger.warning("promo history unreadable (%s): promos blocked", error)
+            logger.warning("contact history unreadable (%s): marketing blocked", error)
             return [None] * len(customer_ids)
-        return [int(counts.get(c, 0)) for c in customer_ids]
+        return [found.get(c, []) for c in customer_ids]
 
-    def add_many(self, customer_ids: list[str], at: datetime) -> None:
-        """Record a promo for each of ``customer_ids`` at ``at`` (one transaction)."""
-        stamp = self._us(at)
+    def add_contacts(self, items: Iterable[tuple[str, datetime, str, str]]) -> None:
+        """Record many (customer, time, action, channel) in one transaction."""
+        rows = [(c, micros(at), action, channel) for c, at, action, channel in items]
+        if not rows:
+            return
         with self._lock:
             with self._db:  # one commit for the whole batch
                 self._db.executemany(
-                    "INSERT INTO promos (customer_id, at_us) VALUES (?, ?)",
-                    [(c, stamp) for c in customer_ids],
+                    "INSERT INTO contacts (customer_id, at_us, action, channel) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
                 )
-            before, self._adds = self._adds, self._adds + len(customer_ids)
+            before, self._adds = self._adds, self._adds + len(rows)
             if before // 10_000 != self._adds // 10_000:
-                cutoff = self._us(at - timedelta(days=self.keep_days))
-                self._db.execute("DELETE FROM promos WHERE at_us < ?", (cutoff,))
+                cutoff = rows[-1][1] - int(self.keep_days * _DAY_US)
+                self._db.execute("DELETE FROM contacts WHERE at_us < ?", (cutoff,))
                 self._db.commit()
 
     def close(self) -> None:
@@ -203,23 +296,25 @@ def redis_client(connection_string: str, timeout: float = 0.5) -> Any:
     )
 
 
-class RedisPromoHistory:
+class RedisContactHistory(_Counts):
     """The history in Redis, shared by every worker of every host.
 
-    One sorted set per customer (``<prefix><customer_id>``), scored by epoch microseconds; a
-    count is one ``ZCOUNT``, an add one pipelined ``ZADD`` + trim + ``EXPIRE`` round trip, so a
-    quiet customer's key disappears ``keep_days`` after their last promo. Members are unique
-    (time and a random suffix): two promos in the same microsecond still count twice.
+    One sorted set per customer (``<prefix><customer_id>``), scored by epoch microseconds,
+    members ``<stamp>-<random>|<action>|<channel>`` (unique: two contacts in the same
+    microsecond still count twice). A read is one ``ZRANGEBYSCORE`` of the last
+    ``CONTACT_DAYS`` (a customer has a handful of contacts a month); an add one pipelined
+    ``ZADD`` + trim + ``EXPIRE`` round trip, so a quiet customer's key disappears ``keep_days``
+    after their last contact.
 
     With a ``breaker`` (``serving.deadline``), calls fail at once for a while after one missed
-    its deadline: a count is then None (promo blocked) and an add raises (promo not given).
+    its deadline: a read is then None (marketing blocked) and an add raises (action not given).
     """
 
     def __init__(
         self,
         client: Any,
         prefix: str = "nba:promos:",
-        keep_days: float = 8.0,
+        keep_days: float = CONTACT_DAYS + 1,
         breaker: Breaker | None = None,
     ) -> None:
         self._redis = client
@@ -235,69 +330,62 @@ class RedisPromoHistory:
         """The ``redis.Redis`` client (its connection pool)."""
         return self._redis
 
-    @staticmethod
-    def _us(moment: datetime) -> int:
-        return int(moment.timestamp() * 1_000_000)
-
-    def window(self, customer_id: str, now: datetime, days: float = 7.0) -> tuple[str, str, int]:
-        """``ZCOUNT``'s arguments for ``count``: the key and the window ``(now - days, now]``."""
-        start = self._us(now - timedelta(days=days))
+    def window(self, customer_id: str, now: datetime) -> tuple[str, str, int]:
+        """``ZRANGEBYSCORE``'s arguments for ``contacts``: the key and ``(now - 30 d, now]``."""
+        start = micros(now - timedelta(days=CONTACT_DAYS))
         # "(" makes the lower bound exclusive.
-        return self.prefix + customer_id, f"({start}", self._us(now)
+        return self.prefix + customer_id, f"({start}", micros(now)
 
     @staticmethod
-    def counted(reply: object) -> int | None:
-        """``count``'s answer from a ``ZCOUNT`` reply, or None (logged) when it is an error."""
+    def parsed(reply: object) -> list[Contact] | None:
+        """``contacts``' answer from a ``ZRANGEBYSCORE`` reply; None (logged) for an error."""
         if isinstance(reply, Exception):
-            logger.warning("promo history unreadable (%s): promos blocked", reply)
+            logger.warning("contact history unreadable (%s): marketing blocked", reply)
             return None
-        return int(reply)  # type: ignore[call-overload]
+        return [_parse_member(member) for member in reply]  # type: ignore[attr-defined]
 
-    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int | None:
+    def contacts(self, customer_id: str, now: datetime) -> list[Contact] | None:
         import redis
 
         try:
-            reply: object = self._call(self._redis.zcount, *self.window(customer_id, now, days))
+            reply: object = self._call(self._redis.zrangebyscore, *self.window(customer_id, now))
         except (redis.RedisError, StoreUnavailable) as error:
             reply = error
-        return self.counted(reply)
+        return self.parsed(reply)
 
-    def add(self, customer_id: str, at: datetime) -> None:
-        self.add_many([customer_id], at)
-
-    def count_many(
-        self, customer_ids: list[str], now: datetime, days: float = 7.0
-    ) -> list[int | None]:
-        """``count`` for many customers (a batch) in one pipelined round trip."""
+    def contacts_many(self, customer_ids: list[str], now: datetime) -> list[list[Contact] | None]:
+        """``contacts`` for many customers (a batch) in one pipelined round trip."""
         import redis
 
         pipe = self._redis.pipeline(transaction=False)
         for customer_id in customer_ids:
-            pipe.zcount(*self.window(customer_id, now, days))
+            pipe.zrangebyscore(*self.window(customer_id, now))
         try:
             replies: list[object] = self._call(pipe.execute, False)  # raise_on_error=False
         except (redis.RedisError, StoreUnavailable) as error:
             replies = [error] * len(customer_ids)
-        return [self.counted(reply) for reply in replies]
+        return [self.parsed(reply) for reply in replies]
 
-    def add_commands(self, customer_id: str, at: datetime) -> list[tuple[str | int, ...]]:
-        """The commands that record one promo: ``ZADD``, the trim of entries older than
-        ``keep_days``, ``EXPIRE`` (``add_many`` pipelines them; ``serving.redisreads`` sends
-        them with other decisions' commands)."""
-        stamp = self._us(at)
-        cutoff = self._us(at - timedelta(days=self.keep_days))
+    def add_commands(
+        self, customer_id: str, at: datetime, action: str = "promo", channel: str = "web"
+    ) -> list[tuple[str | int, ...]]:
+        """The commands that record one contact: ``ZADD``, the trim of entries older than
+        ``keep_days``, ``EXPIRE`` (``add_contacts`` pipelines them; ``serving.redisreads``
+        sends them with other decisions' commands)."""
+        stamp = micros(at)
+        cutoff = micros(at - timedelta(days=self.keep_days))
         key = self.prefix + customer_id
         return [
-            ("ZADD", key, stamp, f"{stamp}-{uuid.uuid4().hex[:8]}"),
+            ("ZADD", key, stamp, _member(action, channel, stamp)),
             ("ZREMRANGEBYSCORE", key, "-inf", f"({cutoff}"),
             ("EXPIRE", key, int(self.keep_days * 86_400)),
         ]
 
-    def add_many(self, customer_ids: list[str], at: datetime) -> None:
-        """Record a promo for each of ``customer_ids`` at ``at`` (one pipelined round trip)."""
+    def add_contacts(self, items: Iterable[tuple[str, datetime, str, str]]) -> None:
+        """Record many (customer, time, action, channel) in one pipelined round trip."""
         pipe = self._redis.pipeline(transaction=False)
-        for customer_id in customer_ids:
-            for command in self.add_commands(customer_id, at):
+        for customer_id, at, action, channel in items:
+            for command in self.add_commands(customer_id, at, action, channel):
                 pipe.execute_command(*command)
         self._call(pipe.execute)
 

@@ -1,21 +1,22 @@
-"""A decision's Redis reads in one round trip: features, recent promos and the budget's count.
+"""A decision's Redis reads in one round trip: features, recent contacts and the budget's count.
 
 On the production profile ``/decide`` reads three things from Redis before the guardrails can
 judge: the customer's stored features (one ``HMGET``, ``features.store._RedisRows``), the
-promos of the last 7 days (a ``ZCOUNT``, ``serving.history.RedisPromoHistory``) and the day's
+contacts of the last 30 days (a ``ZRANGEBYSCORE``, ``serving.history.RedisContactHistory``) and
+the day's
 apology credits (a ``GET``, ``serving.budget.RedisBudgetCounter``). One after the other they are
 three round trips, and on a loaded host every round trip costs CPU in the worker and in Redis
 (system calls on both sides, a wake-up of each) besides its wait. ``RedisDecisionReads`` sends
 the three commands in one pipeline and answers exactly what the three separate calls answer:
 
 * the features as ``DirectOnlineReader.read`` returns them (``_RedisRows.record``);
-* the promo count as ``RedisPromoHistory.count`` (None, logged, when its reply is an error:
-  the frequency cap then blocks the promo);
+* the contacts as ``RedisContactHistory.contacts`` (None, logged, when its reply is an error:
+  the contact caps then block marketing);
 * the credits left as ``DailyBudget.remaining`` (0 with a rate-limited warning when the count
   cannot be read).
 
 ``PipelinedDecisionIO`` is the same for the service's event loop (``Decider.decide_async``):
-the reads, and a chosen promo's record or credit, are awaited on a ``serving.resp.RedisPipe``,
+the reads, and a chosen action's record or credit, are awaited on a ``serving.resp.RedisPipe``,
 which writes the commands of every request that reached them in one loop iteration at once.
 
 The pipeline is not a transaction, like the separate calls: each value is what its own call
@@ -31,12 +32,12 @@ from typing import Any, Protocol, TypeAlias
 
 from serving.budget import RedisBudgetCounter
 from serving.deadline import Breaker
-from serving.history import RedisPromoHistory
+from serving.history import Contact, RedisContactHistory
 from serving.policy import DailyBudget
 from serving.resp import RedisPipe, pack, pack_tail
 
-#: (stored features, promos in the window or None when unreadable, apology credits left).
-DecisionReads: TypeAlias = tuple[dict[str, object], int | None, int]
+#: (stored features, contacts of the window or None when unreadable, apology credits left).
+DecisionReads: TypeAlias = tuple[dict[str, object], list[Contact] | None, int]
 
 
 class RedisRows(Protocol):
@@ -62,44 +63,40 @@ class RedisRows(Protocol):
 
 
 class RedisDecisionReads:
-    """Features, promo count and credits left of one decision, in one round trip.
+    """Features, recent contacts and credits left of one decision, in one round trip.
 
     Args:
         rows: the online store's reader (its client carries the pipeline).
-        history: the promo history in Redis (its key layout and reply handling).
+        history: the contact history in Redis (its key layout and reply handling).
         budget: the apology budget, counted in Redis (its clock, pacing and failure handling).
-        days: the promo window, as the frequency cap's ``promos_7d``.
     """
 
-    def __init__(
-        self, rows: RedisRows, history: RedisPromoHistory, budget: DailyBudget, days: float = 7.0
-    ) -> None:
+    def __init__(self, rows: RedisRows, history: RedisContactHistory, budget: DailyBudget) -> None:
         if not isinstance(budget.counter, RedisBudgetCounter):
             raise TypeError("the budget must be counted in Redis (RedisBudgetCounter)")
         self._rows = rows
         self._history = history
         self._budget = budget
         self._counter: RedisBudgetCounter = budget.counter
-        self.days = days
 
     def __call__(self, customer_id: str, now: datetime) -> DecisionReads:
-        """(stored features, promos in ``(now - days, now]`` or None, apology credits left).
+        """(stored features, contacts to ``now`` or None, apology credits left).
 
-        ``now`` is the decision's time (the promo window's end); the budget reads its own
+        ``now`` is the decision's time (the contact window's end); the budget reads its own
         clock and the features' TTL the current time, as the separate calls do. Raises when
         Redis cannot be reached or the features reply is an error.
         """
         today = self._budget.now()
         pipe = self._rows.client.pipeline(transaction=False)
         pipe.hmget(self._rows.key(customer_id), self._rows.fields)
-        pipe.zcount(*self._history.window(customer_id, now, self.days))
+        pipe.zrangebyscore(*self._history.window(customer_id, now))
         pipe.get(self._counter.key(today.date()))
         # Errors of single commands come back as values (a wrong key type, say): each is then
         # handled as its own call would handle it. A lost connection still raises here.
-        features, promos, spent = pipe.execute(raise_on_error=False)
-        return self.answer(today, features, promos, spent)
+        features, contacts, spent = pipe.execute(raise_on_error=False)
+        return self.answer(today, features, contacts, spent)
 
-    def answer(self, today: datetime, features: Any, promos: Any, spent: Any) -> DecisionReads:
+    def answer(self, today: datetime, features: Any, contacts: Any, spent: Any) -> DecisionReads:
         """``__call__``'s answer from the three replies (an error reply as an exception value);
         ``today`` is the budget's clock when the count was asked for. Raises the features'
         error."""
@@ -107,7 +104,7 @@ class RedisDecisionReads:
             raise features
         return (
             self._rows.record(features),
-            self._history.counted(promos),
+            self._history.parsed(contacts),
             self._budget.left(today, spent if isinstance(spent, Exception) else int(spent or 0)),
         )
 
@@ -119,7 +116,7 @@ class PipelinedDecisionIO:
     worker keeps deciding other requests while Redis answers, and every decision that reaches
     a Redis step in the same loop iteration goes out in the same write (``serving.resp``). The
     commands and the handling of their replies are ``RedisDecisionReads``'s (reads),
-    ``RedisPromoHistory.add_commands`` (a promo given) and ``RedisBudgetCounter.take_command``
+    ``RedisContactHistory.add_commands`` (an action given) and ``RedisBudgetCounter.take_command``
     (a credit), so the answers are those of the blocking calls.
 
     Args:
@@ -143,8 +140,8 @@ class PipelinedDecisionIO:
 
     async def read(
         self, customer_id: str, now: datetime
-    ) -> tuple[dict[str, object], tuple[int | None, int]]:
-        """Stored features and ``(promos in the window, credits left)``; raises when Redis
+    ) -> tuple[dict[str, object], tuple[list[Contact] | None, int]]:
+        """Stored features and ``(recent contacts, credits left)``; raises when Redis
         cannot be reached or the features reply is an error (the decision is degraded)."""
         today = self._budget.now()
         key = self._rows.key(customer_id)
@@ -153,13 +150,13 @@ class PipelinedDecisionIO:
                 self._hmget_head,
                 b"$%d\r\n%s\r\n" % (len(key), key),
                 self._hmget_fields,
-                pack("ZCOUNT", *self._history.window(customer_id, now, self._reads.days)),
+                pack("ZRANGEBYSCORE", *self._history.window(customer_id, now)),
                 self._count_command(today),
             )
         )
-        features, promos, spent = await self.pipe.submit(packed, 3)
-        stored, count, left = self._reads.answer(today, features, promos, spent)
-        return stored, (count, left)
+        features, contacts, spent = await self.pipe.submit(packed, 3)
+        stored, found, left = self._reads.answer(today, features, contacts, spent)
+        return stored, (found, left)
 
     def _count_command(self, today: datetime) -> bytes:
         """``GET`` of ``today``'s budget count, packed once a day."""
@@ -183,9 +180,9 @@ class PipelinedDecisionIO:
             reply = error
         return self._budget.granted(reply)
 
-    async def add_promo(self, customer_id: str, at: datetime) -> None:
-        """Record a promo given at ``at``; raises when it was not recorded."""
-        commands = self._history.add_commands(customer_id, at)
+    async def add_contact(self, customer_id: str, at: datetime, action: str, channel: str) -> None:
+        """Record ``action`` given on ``channel`` at ``at``; raises when it was not recorded."""
+        commands = self._history.add_commands(customer_id, at, action, channel)
         replies = await self.pipe.submit(b"".join(pack(*c) for c in commands), len(commands))
         for reply in replies:
             if isinstance(reply, Exception):
@@ -211,7 +208,7 @@ def one_round_trip(rows: object, history: object, budget: DailyBudget) -> RedisD
     None when one of them is not in Redis, or they are on different servers (or a cluster or
     sentinel setup, where one pipeline may span nodes): the caller then reads them one by one.
     """
-    if not isinstance(history, RedisPromoHistory) or not isinstance(
+    if not isinstance(history, RedisContactHistory) or not isinstance(
         budget.counter, RedisBudgetCounter
     ):
         return None

@@ -46,7 +46,7 @@ from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
 from serving.deadline import Breaker
 from serving.decider import Decider, LoadedModel
 from serving.guardrails import load_rules
-from serving.history import PromoHistory, RedisPromoHistory, SqlitePromoHistory, redis_client
+from serving.history import ContactHistory, RedisContactHistory, SqliteContactHistory, redis_client
 from serving.logwriter import LogWriter
 from serving.policy import BudgetCounter, DailyBudget
 from serving.redisreads import PipelinedDecisionIO, one_round_trip, pipelined
@@ -133,7 +133,7 @@ def compile_for_batches(model: LoadedModel, settings: Any) -> int:
         return 0
 
 
-def open_promo_history(settings: Any, breaker: Breaker | None = None) -> PromoHistory:
+def open_promo_history(settings: Any, breaker: Breaker | None = None) -> ContactHistory:
     """The promo history of ``settings.promo_store``: one SQLite file per host, or Redis.
 
     Redis keys are prefixed with the environment name so that two deployments (or test runs)
@@ -143,12 +143,12 @@ def open_promo_history(settings: Any, breaker: Breaker | None = None) -> PromoHi
     """
     timeout = settings.store_timeout_seconds
     if settings.promo_store == "redis":
-        return RedisPromoHistory(
+        return RedisContactHistory(
             redis_client(settings.redis_url, timeout),
             prefix=f"nba:{settings.environment}:promos:",
             breaker=breaker,
         )
-    return SqlitePromoHistory(Path(settings.promo_history_path), timeout=timeout)
+    return SqliteContactHistory(Path(settings.promo_history_path), timeout=timeout)
 
 
 def open_apology_budget(settings: Any, breaker: Breaker | None = None) -> DailyBudget:

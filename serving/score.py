@@ -14,6 +14,7 @@ import pandas as pd
 from features.build import count_in_window
 from features.derive import derive_features
 from serving.guardrails import RuleSet
+from serving.history import COUNTS, MARKETING
 from serving.policy import ACTIONS, arbitrate_batch, evaluate_batch
 from training.value import ActionCosts, expected_value
 
@@ -55,16 +56,33 @@ def read_requests(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def promos_in_last_7_days(requests: pd.DataFrame, history: pd.DataFrame | None) -> np.ndarray:
-    """Promos decided for each customer in the 7 days before each request, from a decision log
-    (the raw ``actions`` table); 0 without one."""
+def contact_counts_offline(requests: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataFrame:
+    """The contact counts (``serving.history.COUNTS``) before each request, from a decision
+    log (the raw ``actions`` table, with its ``channel``); all 0 without one."""
+    n = len(requests)
     if history is None or len(history) == 0:
-        return np.zeros(len(requests), dtype=np.int64)
-    promos = history[history["action"] == "promo"]
-    return count_in_window(
-        promos["customer_id"], promos["decided_at"], requests["customer_id"],
-        requests["decided_at"], 7,
-    )  # fmt: skip
+        return pd.DataFrame({name: np.zeros(n, dtype=np.int64) for name in COUNTS})
+    given = history[history["action"] != "none"]
+    who, when = requests["customer_id"], requests["decided_at"]
+
+    def counted(rows: pd.DataFrame, days: int, keys: pd.Series | None = None) -> np.ndarray:
+        ids = rows["customer_id"] if keys is None else keys
+        asked = who if keys is None else who + "|" + channel
+        return count_in_window(ids, rows["decided_at"], asked, when, days)
+
+    channel = (requests["channel"].astype(str) if "channel" in requests
+               else pd.Series("web", index=requests.index))  # fmt: skip
+    marketing = given[given["action"].isin(list(MARKETING))]
+    marketing_keys = marketing["customer_id"] + "|" + marketing["channel"].astype(str)
+    return pd.DataFrame(
+        {
+            "promos_7d": counted(given[given["action"] == "promo"], 7),
+            "contacts_7d": counted(marketing, 7),
+            "contacts_7d_channel": counted(marketing, 7, marketing_keys),
+            "recognitions_30d": counted(given[given["action"] == "recognition"], 30),
+            "apology_credits_30d": counted(given[given["action"] == "apology_credit"], 30),
+        }
+    )
 
 
 def score(
@@ -95,8 +113,8 @@ def score(
 
     context = features.assign(
         channel=requests["channel"].to_numpy(object) if "channel" in requests else None,
-        promos_7d=promos_in_last_7_days(requests, history),
         apology_budget_left=UNLIMITED_BUDGET,
+        **{k: v.to_numpy() for k, v in contact_counts_offline(requests, history).items()},
     )
     mask, blocked_by = evaluate_batch(rules, context)
     chosen, propensity = arbitrate_batch(values, mask)

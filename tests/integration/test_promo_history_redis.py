@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from serving.history import RedisPromoHistory, redis_client
+from serving.history import RedisContactHistory, redis_client
 from serving.runtime import open_promo_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.integration_services]
@@ -34,7 +34,7 @@ def client(redis_url: str) -> Iterator[Any]:
 
 
 def test_counts_the_seven_day_window(client: Any) -> None:
-    history = RedisPromoHistory(client, prefix=client.nba_prefix)
+    history = RedisContactHistory(client, prefix=client.nba_prefix, keep_days=8)
     assert history.count("c1", NOW) == 0
     history.add("c1", NOW - timedelta(days=9))  # outside the window, trimmed by later adds
     history.add("c1", NOW - timedelta(days=7))  # exactly 7 days: outside, (now - 7d, now]
@@ -51,15 +51,15 @@ def test_counts_the_seven_day_window(client: Any) -> None:
 def test_two_workers_see_each_other(client: Any, redis_url: str) -> None:
     # Two histories with their own connections, as two worker processes (or hosts) have.
     other = redis_client(redis_url)
-    first = RedisPromoHistory(client, prefix=client.nba_prefix)
-    second = RedisPromoHistory(other, prefix=client.nba_prefix)
+    first = RedisContactHistory(client, prefix=client.nba_prefix)
+    second = RedisContactHistory(other, prefix=client.nba_prefix)
     first.add("c9", NOW)
     assert second.count("c9", NOW) == 1
     other.close()
 
 
 def test_keys_expire_after_keep_days(client: Any) -> None:
-    history = RedisPromoHistory(client, prefix=client.nba_prefix, keep_days=8)
+    history = RedisContactHistory(client, prefix=client.nba_prefix, keep_days=8)
     history.add("c3", NOW)
     ttl = client.ttl(client.nba_prefix + "c3")
     assert 0 < ttl <= 8 * 86_400
@@ -69,7 +69,7 @@ def test_unreachable_redis_fails_closed() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    history = RedisPromoHistory(redis_client(f"127.0.0.1:{port}", timeout=0.2))
+    history = RedisContactHistory(redis_client(f"127.0.0.1:{port}", timeout=0.2))
     assert history.count("c1", NOW) is None  # the frequency-cap guardrail then blocks the promo
 
 
@@ -78,15 +78,15 @@ def test_the_settings_choose_the_store(redis_url: str, tmp_path: Any) -> None:
 
     redis_history = open_promo_history(Settings(promo_store="redis", redis_url=redis_url,
                                                 environment="unit"))  # fmt: skip
-    assert isinstance(redis_history, RedisPromoHistory)
+    assert isinstance(redis_history, RedisContactHistory)
     assert redis_history.prefix == "nba:unit:promos:"
     redis_history.close()
     sqlite_history = open_promo_history(Settings(promo_history_path=tmp_path / "p.db"))
-    assert type(sqlite_history).__name__ == "SqlitePromoHistory"
+    assert type(sqlite_history).__name__ == "SqliteContactHistory"
 
 
 def test_batch_counts_and_adds_match_single_ones(client: Any) -> None:
-    history = RedisPromoHistory(client, prefix=client.nba_prefix)
+    history = RedisContactHistory(client, prefix=client.nba_prefix)
     history.add_many(["b1", "b2", "b1"], NOW - timedelta(days=1))
     history.add("b3", NOW - timedelta(days=8))  # outside the window
     ids = ["b1", "b2", "b3", "b4", "b1"]

@@ -19,7 +19,7 @@ import redis
 
 from features.store import FeastAdapter
 from serving.budget import RedisBudgetCounter, SqliteBudgetCounter
-from serving.history import RedisPromoHistory, SqlitePromoHistory, redis_client
+from serving.history import RedisContactHistory, SqliteContactHistory, redis_client
 from serving.policy import DailyBudget
 from serving.redisreads import (
     PipelinedDecisionIO,
@@ -65,8 +65,8 @@ def rows_of(adapter: FeastAdapter) -> Any:
     return rows
 
 
-def stores(redis_url: str, prefix: str) -> tuple[RedisPromoHistory, DailyBudget]:
-    history = RedisPromoHistory(redis_client(redis_url), prefix=prefix + "promos:")
+def stores(redis_url: str, prefix: str) -> tuple[RedisContactHistory, DailyBudget]:
+    history = RedisContactHistory(redis_client(redis_url), prefix=prefix + "promos:")
     counter = RedisBudgetCounter(redis_client(redis_url), prefix=prefix + "apology:")
     return history, DailyBudget(240, lambda: NOW, counter=counter)
 
@@ -76,7 +76,7 @@ def test_one_pipeline_reads_what_the_three_calls_read(
 ) -> None:
     history, budget = stores(redis_url, prefix)
     history.add("q1", NOW - timedelta(days=1))
-    history.add("q1", NOW - timedelta(days=8))  # outside the window
+    history.add("q1", NOW - timedelta(days=31))  # outside the 30-day window
     history.add("q2", NOW)  # the window's end is included
     history.add("q3", NOW - timedelta(days=6, hours=23))  # inside, near the window's start
     for _ in range(7):
@@ -86,11 +86,12 @@ def test_one_pipeline_reads_what_the_three_calls_read(
     direct = adapter.direct_reader()
     for customer in [*CUSTOMERS, "nobody"]:
         got = reads(customer, NOW)
-        assert got == (direct.read(customer), history.count(customer, NOW, 7.0),
+        assert got == (direct.read(customer), history.contacts(customer, NOW),
                        budget.remaining())  # fmt: skip
-    assert reads("q1", NOW)[1:] == (1, 130 - 7)  # noon: 120 accrued + a burst of 10, 7 spent
-    assert reads("q2", NOW)[1] == reads("q3", NOW)[1] == 1
-    assert reads("q3", NOW + timedelta(hours=2))[1] == 0  # it left the window
+    assert len(reads("q1", NOW)[1]) == 1 and reads("q1", NOW)[2] == 130 - 7  # noon: 120
+    # accrued + a burst of 10, 7 spent
+    assert len(reads("q2", NOW)[1]) == len(reads("q3", NOW)[1]) == 1
+    assert reads("q3", NOW + timedelta(days=23, hours=2))[1] == []  # it left the 30-day window
     assert reads("q1", NOW)[0]["oldest_open_case_id"] == "q1-1"  # the latest row, by name
     assert reads("q3", NOW)[0]["oldest_open_case_id"] is None
 
@@ -130,7 +131,7 @@ def test_one_round_trip_per_decision(adapter: FeastAdapter, redis_url: str, pref
     history, budget = stores(redis_url, prefix)
     history.add("q2", NOW)
     assert budget.take()
-    expected = (adapter.direct_reader().read("q2"), 1, 129)
+    expected = (adapter.direct_reader().read("q2"), history.contacts("q2", NOW), 129)
     pipelined = OnlyPipelines(rows.client)
     # The history's and the budget's own clients must not be used at all.
     history._redis = OnlyPipelines(history.client)
@@ -175,12 +176,12 @@ def test_only_when_all_three_are_on_one_redis(
     rows = rows_of(adapter)
     history, budget = stores(redis_url, prefix)
     assert one_round_trip(rows, history, budget) is not None
-    sqlite_history = SqlitePromoHistory(tmp_path / "promos.db")
+    sqlite_history = SqliteContactHistory(tmp_path / "promos.db")
     assert one_round_trip(rows, sqlite_history, budget) is None
     sqlite_budget = DailyBudget(240, lambda: NOW, counter=SqliteBudgetCounter(tmp_path / "p.db"))
     assert one_round_trip(rows, history, sqlite_budget) is None
     assert one_round_trip(rows, history, DailyBudget(240, lambda: NOW)) is None  # in memory
-    other_db = RedisPromoHistory(redis_client(f"{redis_url},db=1"), prefix=prefix)
+    other_db = RedisContactHistory(redis_client(f"{redis_url},db=1"), prefix=prefix)
     assert one_round_trip(rows, other_db, budget) is None  # another database of the server
     assert one_round_trip(object(), history, budget) is None  # not a Redis rows reader
 
@@ -206,7 +207,7 @@ def test_pipelined_io_answers_what_the_blocking_calls_answer(
     assert writes == 1
 
     async def promo_and_credits() -> list[bool]:
-        await io.add_promo("q2", NOW - timedelta(hours=1))
+        await io.add_contact("q2", NOW - timedelta(hours=1), "promo", "email")
         return list(await asyncio.gather(*[io.take_credit() for _ in range(3)]))
 
     assert asyncio.run(promo_and_credits()) == [True, True, True]
@@ -248,7 +249,7 @@ def test_pipelined_io_fails_when_redis_is_unreachable(
     async def attempt() -> list[Any]:
         return list(
             await asyncio.gather(
-                io.read("q1", NOW), io.add_promo("q1", NOW), io.take_credit(),
+                io.read("q1", NOW), io.add_contact("q1", NOW, "promo", "web"), io.take_credit(),
                 return_exceptions=True,
             )
         )  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 
 from features.deadlines import with_deadlines
 from serving.deadline import Breaker, StoreUnavailable, is_timeout
-from serving.history import RedisPromoHistory, SqlitePromoHistory, redis_client
+from serving.history import RedisContactHistory, SqliteContactHistory, redis_client
 from serving.resp import RedisPipe, pack
 from tests.faults import hung_server
 from tests.unit.test_resp import fake_redis
@@ -108,7 +108,7 @@ def test_feast_configs_get_the_clients_own_timeouts() -> None:
 
 def test_a_hung_redis_costs_one_deadline_per_call_not_a_retry_more() -> None:
     with hung_server() as server:
-        history = RedisPromoHistory(redis_client(server.address, timeout=0.3))
+        history = RedisContactHistory(redis_client(server.address, timeout=0.3))
         started = time.monotonic()
         assert history.count("C1", datetime.now(UTC)) is None  # fail closed: promo blocked
         elapsed = time.monotonic() - started
@@ -122,7 +122,7 @@ def test_a_hung_redis_costs_one_deadline_per_call_not_a_retry_more() -> None:
 
 def test_sqlite_promo_history_gives_up_at_its_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "promos.db"
-    history = SqlitePromoHistory(path, timeout=0.2)
+    history = SqliteContactHistory(path, timeout=0.2)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process holds the file's lock
     try:
@@ -193,7 +193,7 @@ def test_promo_history_and_budget_share_a_breaker_and_fail_closed_at_once() -> N
     with hung_server() as server:
         client = redis_client(server.address, timeout=0.3)
         breaker = Breaker("Redis", cooldown=5.0)
-        history = RedisPromoHistory(client, breaker=breaker)
+        history = RedisContactHistory(client, breaker=breaker)
         budget = DailyBudget(100, lambda: datetime.now(UTC),
                              counter=RedisBudgetCounter(client, breaker=breaker))  # fmt: skip
         started = time.monotonic()

@@ -39,7 +39,7 @@ class StoresIO:
         if self.read_fails:
             raise ConnectionError("redis down")
         d = self.decider
-        server_side = (d.history.count(customer_id, now, 7.0), d.budget.remaining())
+        server_side = (d.history.contacts(customer_id, now), d.budget.remaining())
         return d._read(customer_id), server_side
 
     async def take_credit(self) -> bool:
@@ -49,12 +49,12 @@ class StoresIO:
             raise self.take
         return self.decider.budget.take() if self.take is None else self.take
 
-    async def add_promo(self, customer_id: str, at: datetime) -> None:
+    async def add_contact(self, customer_id: str, at: datetime, action: str, channel: str) -> None:
         self.calls.append("add")
         await asyncio.sleep(0)
         if self.add_fails:
             raise ConnectionError("redis down")
-        self.decider.history.add(customer_id, at)
+        self.decider.history.add(customer_id, at, action, channel)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,17 +109,17 @@ def test_a_promo_that_cannot_be_recorded_is_not_given() -> None:
     io = StoresIO(decider, add_fails=True)
     out = asyncio.run(decider.decide_async(Request("C1", explain=True), io))
     assert out["action"] == "none" and out["degraded"] is True
-    assert "promo history unavailable" in out["reasons"][0]
-    assert log[-1]["degraded_reason"].startswith("promo history unavailable")
+    assert "contact history unavailable" in out["reasons"][0]
+    assert log[-1]["degraded_reason"].startswith("contact history unavailable")
     assert io.calls == ["read", "add"]
 
 
 def test_blocking_decide_also_withholds_a_promo_it_cannot_record() -> None:
     class Broken:
-        def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int:
-            return 0
+        def contacts(self, customer_id: str, now: datetime) -> list[Any]:
+            return []
 
-        def add(self, customer_id: str, at: datetime) -> None:
+        def add(self, customer_id: str, at: datetime, action: str, channel: str) -> None:
             raise OSError("database is locked")
 
     decider = make({"C1": quiet_customer()}, {"promo": 0.05}, history=Broken())
@@ -147,7 +147,7 @@ def test_an_unreadable_store_degrades_the_awaited_decision() -> None:
 
 def test_the_promo_count_read_with_the_features_caps_the_promo() -> None:
     decider = make({"C1": quiet_customer()}, {"promo": 0.05})
-    decider.history.add("C1", _ago(1))
+    decider.history.add("C1", _ago(1), "promo", "email")
     out = asyncio.run(decider.decide_async(Request("C1"), StoresIO(decider)))
     assert out["action"] == "none"
     assert promo_of(out)["blocked_by"] == ["promo_frequency_cap"]

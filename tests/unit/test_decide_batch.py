@@ -18,7 +18,7 @@ from features import decision_log, schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from serving.decider import Decider, LoadedModel, Request
-from serving.history import MemoryPromoHistory, SqlitePromoHistory
+from serving.history import MemoryContactHistory, SqliteContactHistory
 from serving.policy import DailyBudget
 from tests.unit.test_decider import NOW, RULES, StubModel, quiet_customer
 from training.value import ActionCosts
@@ -49,7 +49,7 @@ def _decider(rows: Mapping[str, Mapping[str, Any]], uplifts: Mapping[str, float]
         rules=RULES,
         costs=ActionCosts(),
         budget=DailyBudget(budget, lambda: NOW, burst=budget),
-        history=MemoryPromoHistory(),
+        history=MemoryContactHistory(),
         log=log.append,
         epsilon=0.0,
         rng=random.Random(0),
@@ -215,7 +215,7 @@ def test_feature_columns_from_records_round_trip() -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_history_batch_counts_and_adds_match_single_ones(kind: str, tmp_path: Path) -> None:
     history: Any = (
-        MemoryPromoHistory() if kind == "memory" else SqlitePromoHistory(tmp_path / "promos.db")
+        MemoryContactHistory() if kind == "memory" else SqliteContactHistory(tmp_path / "promos.db")
     )
     history.add_many(["b1", "b2", "b1"], NOW - timedelta(days=1))
     history.add("b3", NOW - timedelta(days=8))  # outside the window
@@ -227,9 +227,9 @@ def test_batch_records_its_promos_in_the_shared_history(tmp_path: Path) -> None:
     rows = {"C1": quiet_customer(), "C2": quiet_customer()}
     decider = _decider(rows, {"promo": 0.05}, 3, [])
     decider.small_batch = 0
-    decider.history = SqlitePromoHistory(tmp_path / "promos.db")
+    decider.history = SqliteContactHistory(tmp_path / "promos.db")
     out = decider.decide_batch([Request("C1"), Request("C2"), Request("C1")])
     assert [d["action"] for d in out] == ["promo", "promo", "none"]
     # Another worker's history on the same file sees both promos at once.
-    other = SqlitePromoHistory(tmp_path / "promos.db")
+    other = SqliteContactHistory(tmp_path / "promos.db")
     assert other.count_many(["C1", "C2", "C3"], NOW) == [1, 1, 0]

@@ -19,7 +19,7 @@ from features import decision_log, schema
 from features.contract import ACTIONS
 from serving.decider import Decider, LoadedModel, Request
 from serving.guardrails import load_rules
-from serving.history import MemoryPromoHistory, SqlitePromoHistory
+from serving.history import MemoryContactHistory, SqliteContactHistory
 from serving.policy import DailyBudget
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ def make(
         rules=RULES,
         costs=__import__("training.value", fromlist=["ActionCosts"]).ActionCosts(),
         budget=DailyBudget(budget, lambda: NOW, burst=budget),
-        history=history or MemoryPromoHistory(),
+        history=history or MemoryContactHistory(),
         log=None if log is None else log.append,
         epsilon=epsilon,
         rng=random.Random(0),
@@ -146,15 +146,33 @@ def test_degraded_mode_answers_none(kwargs: dict[str, Any], cause: str) -> None:
 
 
 def test_frequency_cap_and_shared_history(tmp_path: Path) -> None:
-    history = SqlitePromoHistory(tmp_path / "promos.db")
+    history = SqliteContactHistory(tmp_path / "promos.db")
     first = make({"C1": quiet_customer()}, history=history)
     # A second worker process sharing the file sees the promo at once.
-    second = make({"C1": quiet_customer()}, history=SqlitePromoHistory(tmp_path / "promos.db"))
+    second = make({"C1": quiet_customer()}, history=SqliteContactHistory(tmp_path / "promos.db"))
     assert first.decide(Request("C1"))["action"] == "promo"
     out = second.decide(Request("C1"))
     assert out["action"] == "none"
     promo = next(r for r in out["ranking"] if r["action"] == "promo")
+    # The same web channel: the channel's contact cap applies too.
+    assert promo["blocked_by"] == ["promo_frequency_cap", "channel_contact_cap_promo"]
+    # On email the promo cap alone: one promo a week whatever the channel.
+    out = second.decide(Request("C1", {"channel": "email"}))
+    promo = next(r for r in out["ranking"] if r["action"] == "promo")
     assert promo["blocked_by"] == ["promo_frequency_cap"]
+
+
+def test_every_action_is_remembered_with_its_channel(tmp_path: Path) -> None:
+    history = SqliteContactHistory(tmp_path / "contacts.db")
+    row = quiet_customer(created_at=pd.Timestamp("2015-01-01", tz="UTC"))  # recognition eligible
+    decider = make({"C1": row}, {"recognition": 0.2}, history=history)
+    first = decider.decide(Request("C1", {"channel": "email"}, ("recognition", "none")))
+    assert first["action"] == "recognition"
+    assert [(a, c) for _, a, c in history.contacts("C1", NOW)] == [("recognition", "email")]
+    again = decider.decide(Request("C1", {"channel": "app"}, ("recognition", "none")))
+    assert again["action"] == "none"
+    recognition = next(r for r in again["ranking"] if r["action"] == "recognition")
+    assert recognition["blocked_by"] == ["recognition_frequency_cap"]
 
 
 def test_batch_gives_a_customer_listed_twice_one_promo() -> None:
@@ -202,10 +220,13 @@ def test_exploration_logs_true_propensity_and_random_policy() -> None:
 
 
 class _NoHistory:
-    def count(self, customer_id: str, now: datetime, days: float = 7.0) -> int:
-        return 0
+    def contacts(self, customer_id: str, now: datetime) -> list[Any]:
+        return []
 
-    def add(self, customer_id: str, at: datetime) -> None:
+    def add(self, customer_id: str, at: datetime, action: str = "", channel: str = "") -> None:
+        pass
+
+    def add_contacts(self, items: Any) -> None:
         pass
 
 
@@ -258,11 +279,13 @@ def test_no_promo_for_open_case_recent_negative_or_opt_out(
 def test_read_context_supplies_features_promos_and_budget_in_one_call() -> None:
     calls: list[str] = []
 
-    def read_context(customer_id: str, now: datetime) -> tuple[Mapping[str, Any], int | None, int]:
+    def read_context(customer_id: str, now: datetime) -> tuple[Mapping[str, Any], list, int]:
         calls.append(customer_id)
         if customer_id == "DOWN":
             raise ConnectionError("redis down")
-        return quiet_customer(), 1 if customer_id == "CAPPED" else 0, 0
+        day_ago = int((now - timedelta(days=1)).timestamp() * 1e6)
+        contacts = [(day_ago, "promo", "email")] if customer_id == "CAPPED" else []
+        return quiet_customer(), contacts, 0
 
     decider = make({}, {"promo": 0.05})
     decider._read_context = read_context

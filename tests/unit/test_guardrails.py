@@ -35,6 +35,10 @@ CLEAN: dict[str, Any] = {
     "marketing_opt_in": True,
     "unsubscribed": False,
     "promos_7d": 0,
+    "contacts_7d": 0,
+    "contacts_7d_channel": 0,
+    "recognitions_30d": 0,
+    "apology_credits_30d": 0,
     "apology_budget_left": 3,
     "days_since_last_milestone": 10.0,
     "tenure_days": 400.0,
@@ -54,6 +58,11 @@ def test_shipped_file_loads_with_the_expected_rules() -> None:
         "marketing_opt_out",
         "no_marketing_consent_on_record",
         "promo_frequency_cap",
+        "recognition_frequency_cap",
+        "weekly_contact_cap_promo",
+        "weekly_contact_cap_recognition",
+        "channel_contact_cap_promo",
+        "channel_contact_cap_recognition",
         "apology_needs_recent_uncompensated_negative",
         "apology_daily_budget",
         "recognition_needs_milestone_or_tenure",
@@ -183,6 +192,9 @@ VALUES = st.fixed_dictionaries(
         "marketing_opt_in": _MAYBE_BOOL,
         "unsubscribed": _MAYBE_BOOL,
         "promos_7d": _MAYBE_COUNT,
+        "contacts_7d": _MAYBE_COUNT,
+        "contacts_7d_channel": _MAYBE_COUNT,
+        "recognitions_30d": _MAYBE_COUNT,
         "apology_budget_left": _MAYBE_COUNT,
         "days_since_last_milestone": _MAYBE_DAYS,
         "tenure_days": _MAYBE_DAYS,
@@ -196,13 +208,16 @@ def test_hiding_a_value_never_unblocks_an_action(values: dict[str, Any], hide: s
     """Fail closed, as a property: forgetting values can only block more.
 
     ``recent_negative_experience`` is exempt by design: an empty ``days_since_last_negative``
-    means "never" (``{missing: ...}`` in the file says so).
+    means "never" (``{missing: ...}`` in the file says so). ``marketing_opt_out`` hands a
+    missing consent to ``no_marketing_consent_on_record``: the action stays blocked.
     """
     hidden = {k: (None if k in hide else v) for k, v in values.items()}
     before, after = evaluate(RULES, values), evaluate(RULES, hidden)
     for action, names in before.items():
         for name in names:
-            if name != "recent_negative_experience":
+            if name == "marketing_opt_out":
+                assert after[action]
+            elif name != "recent_negative_experience":
                 assert name in after[action]
 
 

@@ -26,7 +26,9 @@ def test_disruption_marks_a_negative_experience_only_when_severe() -> None:
     minor, effects = fold(empty_state(), {"type": "flight_disrupted", "ts": T, "delay_minutes": 30})
     assert minor["last_negative_at"] is None and minor["worst_delay_30d"] == 30
     assert not effects.severe_disruption
-    cancelled, effects = fold(empty_state(), {"type": "flight_disrupted", "ts": T, "cancelled": True})
+    cancelled, effects = fold(
+        empty_state(), {"type": "flight_disrupted", "ts": T, "cancelled": True}
+    )
     assert cancelled["last_negative_kind"] == "cancellation" and effects.severe_disruption
 
 

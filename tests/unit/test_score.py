@@ -10,7 +10,7 @@ from features.build import build_features, count_in_window
 from features.contract import ACTIONS
 from nba.simulate import SimulationConfig, simulate
 from serving.guardrails import load_rules
-from serving.score import promos_in_last_7_days, read_requests, score
+from serving.score import contact_counts_offline, read_requests, score
 from training.dataset import assemble, entity_frame, entity_frame_of, time_split
 from training.uplift import MultiActionUplift
 
@@ -79,11 +79,15 @@ def test_promo_history_window() -> None:
             "customer_id": ["A", "A", "A", "B"],
             "decided_at": [t - 8 * day, t - 6 * day, t, t - day / 24],
             "action": ["promo", "promo", "promo", "none"],
+            "channel": ["email", "web", "web", "web"],
         }
     )
     requests = pd.DataFrame({"customer_id": ["A", "B", "C"], "decided_at": [t, t, t]})
-    assert promos_in_last_7_days(requests, history).tolist() == [1, 0, 0]
-    assert promos_in_last_7_days(requests, None).tolist() == [0, 0, 0]
+    counts = contact_counts_offline(requests.assign(channel=["email", "web", "web"]), history)
+    assert counts["promos_7d"].tolist() == [1, 0, 0]
+    assert counts["contacts_7d"].tolist() == [1, 0, 0]
+    assert counts["contacts_7d_channel"].tolist() == [0, 0, 0]  # A's was on web, asked on email
+    assert contact_counts_offline(requests, None)["promos_7d"].tolist() == [0, 0, 0]
     assert count_in_window(history.customer_id, history.decided_at, requests.customer_id,
                            requests.decided_at, 30).tolist() == [2, 1, 0]  # fmt: skip
     assert np.all(count_in_window(history.customer_id[:0], history.decided_at[:0],

@@ -216,7 +216,7 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
     from nba.settings import load_settings
     from serving.decider import Decider, Request
     from serving.guardrails import load_rules
-    from serving.history import MemoryPromoHistory
+    from serving.history import MemoryContactHistory
     from serving.policy import DailyBudget
     from serving.runtime import compile_for_batches, load_champion
 
@@ -235,7 +235,7 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
         rules=load_rules(settings.guardrails),
         costs=settings.action_costs(),
         budget=DailyBudget(10**9, lambda: datetime.now(UTC)),
-        history=MemoryPromoHistory(),
+        history=MemoryContactHistory(),
         log=lambda row: None,
         epsilon=0.05,
     )

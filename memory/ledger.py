@@ -233,7 +233,43 @@ class Memory:
         row = tx.execute(query).first()
         if row is not None:
             return folding.with_defaults(_decode(row[0]))
+        if seed:
+            self._adopt_open_cases(tx, customer_id, seed)
         return folding.with_defaults(seed or {})
+
+    def _adopt_open_cases(
+        self, tx: sa.Connection, customer_id: str, seed: Mapping[str, Any]
+    ) -> None:
+        """Open cases the online row shows and the memory does not know become known.
+
+        The memory learns a customer's cases from the rebuild (``reset_after_rebuild``); a store
+        built before the memory existed (or written by other means) may show open cases it
+        never saw. Projecting the cases from the memory alone would then close them silently
+        and let a promo through, so they are adopted: the oldest under its id, the others as
+        placeholders (``<customer>#open-<k>``) that the next rebuild replaces. Fail closed.
+        """
+        count = int(seed.get("open_case_count") or 0)
+        if count <= 0:
+            return
+        known = tx.execute(
+            sa.select(sa.func.count())
+            .select_from(CASES)
+            .where(
+                CASES.c.customer_id == customer_id,
+                CASES.c.opened_at.is_not(None),
+                CASES.c.closed_at.is_(None),
+            )
+        ).scalar()
+        if int(known or 0) >= count:
+            return
+        opened = folding.stamp(seed.get("oldest_open_case_at")) or pd.Timestamp.now(tz="UTC")
+        oldest = seed.get("oldest_open_case_id")
+        ids = [str(oldest)] if oldest else []
+        ids += [f"{customer_id}#open-{k}" for k in range(count - int(known or 0) - len(ids))]
+        rows = [{"case_id": case_id, "customer_id": customer_id, "opened_at": micros(opened),
+                 "closed_at": None, "topic": None, "sentiment": None, "compensated": False}
+                for case_id in ids]  # fmt: skip
+        tx.execute(self.db.insert(CASES).on_conflict_do_nothing(), rows)
 
     def _save_state(
         self, tx: sa.Connection, customer_id: str, state: Mapping[str, Any], seq: int

@@ -133,9 +133,9 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
                 }
             )
         elif kind in ("case_closed", "compensation_granted"):
-            case_id = p.get("case_id")
-            mine = [c for c in new_cases if c["case_id"] == str(case_id)]
-            if kind == "compensation_granted" and case_id is None:
+            closing: Any = p.get("case_id")
+            mine = [c for c in new_cases if c["case_id"] == str(closing)]
+            if kind == "compensation_granted" and closing is None:
                 new_cases.append(
                     {
                         "case_id": f"comp-{event.event_id}",
@@ -154,8 +154,8 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
                 mine[0]["compensated"] = bool(
                     mine[0]["compensated"] or p.get("compensated") or kind != "case_closed"
                 )
-            elif str(case_id) in case_row:
-                i = case_row[str(case_id)]
+            elif str(closing) in case_row:
+                i = case_row[str(closing)]
                 if kind == "case_closed" and pd.isna(cases.at[i, "closed_at"]):
                     cases.at[i, "closed_at"] = max(ts, cases.at[i, "opened_at"])
                 if p.get("compensated") or kind != "case_closed":

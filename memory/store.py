@@ -206,11 +206,11 @@ class Database:
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT (with ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
         if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        return insert(table)
+            return sqlite.insert(table)
+        return postgresql.insert(table)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

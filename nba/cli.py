@@ -371,7 +371,12 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
 @_quiet
 def score(
     actions: Annotated[
-        Path, typer.Option("--actions", help="Rows customer_id, decided_at[, decision_id].")
+        Path,
+        typer.Option(
+            "--actions",
+            help="Rows customer_id, decided_at[, decision_id, channel]: a backtest at those "
+            "times (point in time). Without decided_at: a campaign now, on the live state.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
     history: Annotated[
@@ -389,7 +394,11 @@ def score(
     settings = load_settings()
     if out.suffix not in (".csv", ".parquet"):
         raise CliError(f"--out: {out} must end in .csv or .parquet")
-    requests = read_requests(_read_table(actions, "--actions"))
+    table = _read_table(actions, "--actions")
+    if "decided_at" not in table.columns:  # a campaign now: the live state, as /decide_batch
+        _score_live(settings, read_requests(table, live=True), out)
+        return
+    requests = read_requests(table)
     past = None
     if history is not None:
         past = read_requests(_read_table(history, "--history"))
@@ -412,17 +421,45 @@ def score(
         result = run_score(
             model, rules, requests, stored, history=past, costs=settings.action_costs()
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        result.to_parquet(out, index=False)
-    else:
-        result.to_csv(out, index=False)
+    _write_table(result, out)
     mix = result["action"].value_counts(normalize=True)
     shares = ", ".join(f"{a} {mix.get(a, 0.0):.0%}" for a in ACTION_NAMES)
     output.out.print(f"{len(result):,} decisions written to {out}: {shares}")
     unknown = int((~result["features_found"]).sum())
     if unknown:
         console.print(f"{unknown:,} rows had no features (unknown customers): decided on defaults")
+
+
+def _score_live(settings: Settings, requests: Any, out: Path) -> None:
+    """``nba score`` without ``decided_at``: outbound decisions now through the service's own
+    runtime (online store, customer memory, contact history, budget, decision log)."""
+    from serving.config import ServiceSettings
+    from serving.runtime import Runtime
+    from serving.score import score_live
+
+    settings = _prepare(settings)
+    with output.Stages("scoring now (live state)", total=2) as stage:
+        stage("opening the model, the online store and the customer memory")
+        runtime = Runtime.start(ServiceSettings.of(settings))
+        try:
+            if runtime.problems:
+                raise CliError("cannot decide now: " + "; ".join(runtime.problems))
+            stage(f"deciding for {len(requests):,} customers")
+            result = score_live(runtime.decider, requests)
+        finally:
+            runtime.close()  # the decision log is flushed: these decisions are on record
+    _write_table(result, out)
+    mix = result["action"].value_counts(normalize=True)
+    shares = ", ".join(f"{a} {mix.get(a, 0.0):.0%}" for a in ACTION_NAMES)
+    output.out.print(f"{len(result):,} decisions (now, live state) written to {out}: {shares}")
+
+
+def _write_table(frame: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
 
 
 @app.command()

@@ -92,13 +92,13 @@ LOG_EVERY_SECONDS: Final = 10.0
 Reader = Callable[[str], Mapping[str, Any]]
 ManyReader = Callable[[Sequence[str]], Sequence[Mapping[str, Any]]]
 ColumnReader = Callable[[Sequence[str]], FeatureColumns]
-#: (customer, decision time) -> (stored features, promos in the last 7 days or None, credits left).
-ContextReader = Callable[[str, datetime], tuple[Mapping[str, Any], int | None, int]]
+#: (customer, decision time) -> (stored features, recent contacts or None, credits left).
+ContextReader = Callable[[str, datetime], tuple[Mapping[str, Any], list[Contact] | None, int]]
 #: A batch of decision-log rows as columns: name -> list, array, or (array, null mask).
 LogColumns = Mapping[str, Any]
-#: A decision's reads: stored features, and ``(promos_7d, apology_budget_left)`` when read
-#: with them (None: the decider asks its history and budget itself).
-Context = tuple[Mapping[str, Any], tuple[int | None, int] | None]
+#: A decision's reads: stored features, and ``(recent contacts, apology_budget_left)`` when
+#: read with them (None: the decider asks its history and budget itself).
+Context = tuple[Mapping[str, Any], tuple[list[Contact] | None, int] | None]
 #: ``Decider._steps``: yields store operations, is sent their answers, returns the response.
 Steps = Generator[tuple[Any, ...], Any, dict[str, Any]]
 
@@ -815,10 +815,10 @@ class _Batch:
                         self._count(j)
                     stale[j] = True
             position += 1
-        given = np.flatnonzero(self.chosen != _NONE).tolist()
-        if given:
+        chosen = np.flatnonzero(self.chosen != _NONE).tolist()
+        if chosen:
             self.decider.history.add_contacts(
-                [(ids[i], self.now, ACTIONS[self.chosen[i]], self.channels[i]) for i in given]
+                [(ids[i], self.now, ACTIONS[self.chosen[i]], self.channels[i]) for i in chosen]
             )
 
     def responses(self) -> list[dict[str, Any]]:

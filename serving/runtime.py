@@ -281,7 +281,7 @@ class Runtime:
         if one_trip is not None:
             trip = one_trip
 
-            def read_context(customer_id: str, now: datetime) -> tuple[Any, int | None, int]:
+            def read_context(customer_id: str, now: datetime) -> tuple[Any, Any, int]:
                 return breaker.call(trip, customer_id, now)
 
         # On the event loop, concurrent /decide requests share Redis round trips; the

@@ -13,7 +13,8 @@ import pandas as pd
 
 from features.build import count_in_window
 from features.derive import derive_features
-from serving.guardrails import RuleSet
+from serving.decider import Decider, Request
+from serving.guardrails import CHANNELS, RuleSet
 from serving.history import COUNTS, MARKETING
 from serving.policy import ACTIONS, arbitrate_batch, evaluate_batch
 from training.value import ActionCosts, expected_value
@@ -22,17 +23,27 @@ from training.value import ActionCosts, expected_value
 UNLIMITED_BUDGET = 10**9
 
 
-def read_requests(frame: pd.DataFrame) -> pd.DataFrame:
-    """Check and normalise the rows to score: ``customer_id``, ``decided_at`` (tz-aware), and an
-    optional ``decision_id`` (made up as ``s-<row>`` when absent) and ``channel``."""
-    missing = [c for c in ("customer_id", "decided_at") if c not in frame.columns]
+def read_requests(frame: pd.DataFrame, *, live: bool = False) -> pd.DataFrame:
+    """Check and normalise the rows to score: ``customer_id``, ``decided_at`` (tz-aware; not
+    with ``live``), and an optional ``decision_id`` (made up as ``s-<row>`` when absent) and
+    ``channel``."""
+    needed = ("customer_id",) if live else ("customer_id", "decided_at")
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ValueError(f"actions file: missing columns {missing} (need customer_id, decided_at)")
+        raise ValueError(f"actions file: missing columns {missing} (need {', '.join(needed)})")
     out = frame.copy()
     if out["customer_id"].isna().any():
         rows = (np.flatnonzero(out["customer_id"].isna().to_numpy()) + 1)[:5].tolist()
         raise ValueError(f"actions file: customer_id is empty on rows {rows}")
     out["customer_id"] = out["customer_id"].astype(str)
+    if "channel" in out.columns:
+        bad = ~out["channel"].isin(list(CHANNELS))
+        if bad.any():
+            rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
+            raise ValueError(f"actions file: channel must be one of {', '.join(CHANNELS)}; rows "
+                             f"{rows} are not")  # fmt: skip
+    if live:
+        return out
     raw = out["decided_at"]
     if pd.api.types.is_datetime64_any_dtype(raw):
         if getattr(raw.dt, "tz", None) is None:
@@ -134,4 +145,41 @@ def score(
         out[f"eligible_{action}"] = ~mask[:, j]
         out[f"blocked_by_{action}"] = [";".join(rows[j]) for rows in blocked_by]
     out["features_found"] = stored["marketing_opt_in"].notna().to_numpy()
+    return out
+
+
+def score_live(decider: Decider, requests: pd.DataFrame, channel: str = "email") -> pd.DataFrame:
+    """Outbound decisions *now* (a campaign): the service's own ``Decider.decide_batch``, so
+    the same online state, ledger-fed features, contact history, budget and decision log as
+    ``/decide``; every action chosen is recorded as a contact, as the service would.
+
+    ``requests`` has ``customer_id`` and optional ``channel`` (default ``channel``) and
+    ``decision_id`` columns (the decisions get the service's own ids; an input id is kept
+    as ``request_id``). Same columns as ``score`` (``decided_at`` is the decision time).
+    """
+    channels = (requests["channel"].astype(str) if "channel" in requests
+                else pd.Series(channel, index=requests.index))  # fmt: skip
+    made = [Request(c, {"channel": ch}) for c, ch in zip(requests["customer_id"], channels,
+                                                           strict=True)]  # fmt: skip
+    decided_at = pd.Timestamp.now(tz="UTC")
+    answers = decider.decide_batch(made)
+    out = pd.DataFrame(
+        {
+            "decision_id": [a["decision_id"] for a in answers],
+            "customer_id": [a["customer_id"] for a in answers],
+            "decided_at": decided_at,
+            "action": [a["action"] for a in answers],
+            "channel": channels.to_numpy(object),
+        }
+    )
+    if "decision_id" in requests:
+        out["request_id"] = requests["decision_id"].to_numpy(object)
+    for action in ACTIONS:
+        entries = [next((r for r in a["ranking"] if r["action"] == action), None) for a in answers]
+        out[f"uplift_{action}"] = [np.nan if e is None else e["uplift"] for e in entries]
+        out[f"value_{action}"] = [np.nan if e is None else e["expected_value"] for e in entries]
+        out[f"eligible_{action}"] = [bool(e and e["eligible"]) for e in entries]
+        out[f"blocked_by_{action}"] = [";".join(e["blocked_by"]) if e else "" for e in entries]
+    out["features_found"] = [bool(a.get("known_customer", True)) for a in answers]
+    out["degraded"] = [bool(a["degraded"]) for a in answers]
     return out

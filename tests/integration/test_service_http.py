@@ -283,6 +283,39 @@ def test_case_opened_event_blocks_promo_at_once(
     assert "case K-9 open since today" in after["reasons"]
 
 
+def test_outbound_campaign_now_reads_the_live_state(
+    server: tuple[Client, Any], world: dict[str, Any], tmp_path: Path
+) -> None:
+    """`nba score` without decided_at decides now on what /decide sees: an open case and an
+    unsubscribe sent to /events, and a promo given a moment ago on the web."""
+    client, _ = server
+    quiet = world["quiet"][schema.ENTITY]
+    opened, unsubscribed, promoted = quiet.iloc[20], quiet.iloc[21], quiet.iloc[22]
+    now = datetime.now(UTC).isoformat()
+    for body in (
+        {"customer_id": opened, "type": "case_opened", "ts": now, "case_id": "K-OUT-1",
+         "topic": "seat"},
+        {"customer_id": unsubscribed, "type": "unsubscribe", "ts": now},
+    ):  # fmt: skip
+        status, ack = client.call("/events", body)
+        assert status == 200 and ack["applied"], ack
+    status, given = client.call("/decide", {"customer_id": promoted,
+                                            "candidates": ["promo", "none"]})  # fmt: skip
+    assert status == 200
+    campaign = tmp_path / "campaign.csv"
+    pd.DataFrame({"customer_id": [opened, unsubscribed, promoted]}).to_csv(campaign, index=False)
+    out = tmp_path / "decisions.csv"
+    result = run("score", "--actions", str(campaign), "--out", str(out), env=world["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = pd.read_csv(out, keep_default_na=False).set_index("customer_id")
+    assert (scored["action"] != "promo").all(), scored["action"]
+    assert "open_service_case" in scored.loc[opened, "blocked_by_promo"]
+    assert "marketing_opt_out" in scored.loc[unsubscribed, "blocked_by_promo"]
+    if given["action"] == "promo":  # the web promo is on record for the email campaign too
+        assert "promo_frequency_cap" in scored.loc[promoted, "blocked_by_promo"]
+    assert not scored["degraded"].any()
+
+
 def test_milestone_crossed_gets_recognition(
     server: tuple[Client, Any], world: dict[str, Any]
 ) -> None:

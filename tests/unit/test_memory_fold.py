@@ -126,3 +126,19 @@ def test_any_arrival_order_gives_the_same_state(events: list, seed: Any) -> None
 
     in_time = sorted(made, key=lambda e: e["ts"])
     assert run(shuffled) == run(in_time)
+
+
+def test_open_cases_the_memory_never_saw_stay_open(tmp_path: Any) -> None:
+    """An online row with open cases the memory does not know (a store built before the
+    memory, or by hand): the first event keeps them open instead of closing them silently."""
+    from memory.ledger import Memory
+    from memory.store import Database, sqlite_url
+
+    memory = Memory(Database(sqlite_url(tmp_path / "memory.db")))
+    seed = {**empty_state(), "open_case_count": 2, "oldest_open_case_id": "C-77",
+            "oldest_open_case_at": T - timedelta(days=2)}  # fmt: skip
+    applied = memory.append({"customer_id": "X", "type": "booking", "ts": T}, lambda: seed)
+    assert applied.state is not None and applied.state["open_case_count"] == 2
+    assert applied.state["oldest_open_case_id"] == "C-77"
+    closed = memory.append({"customer_id": "X", "type": "case_closed", "ts": T, "case_id": "C-77"})
+    assert closed.applied and closed.state is not None and closed.state["open_case_count"] == 1

@@ -290,6 +290,31 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long each worker waits for the requests in flight to be "
         "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
     )
+    holdout_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of customers in the global control group (serving.holdout): chosen "
+        "by a salted hash of customer_id, they never get a marketing action, so `nba impact` "
+        "can measure what the decisions earn. 0: no control group (no impact measurement).",
+    )
+    holdout_salt: str = Field(
+        default="nba-holdout",
+        description="Salt of the control group's hash. Changing it draws a new group: do it "
+        "only between measurement periods.",
+    )
+    holdout_service: bool = Field(
+        default=True,
+        description="Whether control-group customers still get service actions "
+        "(apology_credit); marketing actions (promo, recognition) are always withheld.",
+    )
+    impact_horizon_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Days after a decision over which its outcome is observed (nba outcomes, "
+        "nba impact); the raw contract's outcomes use 30.",
+    )
 
     @classmethod
     def settings_customise_sources(

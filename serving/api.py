@@ -186,6 +186,10 @@ class DecideResponse(BaseModel):
     reasons: list[str]
     model_version: str | None
     degraded: bool
+    holdout: bool = Field(
+        description="The customer is in the global control group: no marketing action "
+        "(`policy = holdout` in the decision log; `nba impact` measures against them)."
+    )
 
 
 class DecideBatchRequest(BaseModel):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from serving.holdout import Holdout
 from training.value import ActionCosts
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class ServiceSettings(BaseModel):
     store_cooldown_seconds: float
     log_fsync: bool
     shutdown_grace_seconds: int
+    holdout_share: float
+    holdout_salt: str
+    holdout_service: bool
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:
@@ -76,6 +80,10 @@ class ServiceSettings(BaseModel):
     def action_costs(self) -> ActionCosts:
         """The value model's costs."""
         return ActionCosts.of(self)
+
+    def holdout(self) -> Holdout:
+        """The global control group of these settings."""
+        return Holdout(self.holdout_share, self.holdout_salt, self.holdout_service)
 
     def feast_adapter(self) -> FeastAdapter:
         """The Feast adapter of these settings."""

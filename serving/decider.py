@@ -55,6 +55,7 @@ from features.derive import derive_columns, derive_row
 from serving import explain, guardrails
 from serving.guardrails import RuleSet
 from serving.history import PromoHistory
+from serving.holdout import HOLDOUT_REASON, HOLDOUT_RULE, Holdout, policy_label
 from serving.policy import (
     NONE,
     DailyBudget,
@@ -176,6 +177,7 @@ class Decider:
         rng: exploration draws.
         clock: the current time (tz-aware).
         top_contributions: feature contributions listed with ``explain``.
+        holdout: the global control group (``serving.holdout``); None: nobody is held out.
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class Decider:
         read_columns: ColumnReader | None = None,
         log_columns: Callable[[LogColumns, int], None] | None = None,
         read_context: ContextReader | None = None,
+        holdout: Holdout | None = None,
     ) -> None:
         if BUDGET_RULE not in rules.names:
             raise guardrails.GuardrailError(
@@ -219,6 +222,7 @@ class Decider:
         self._rng = rng or random.Random()
         self._clock = clock
         self.top_contributions = top_contributions
+        self.holdout = holdout
         self._last_warned: dict[str, float] = {}
         if model is not None:
             self._names: list[str] = list(model.estimator.feature_names_)
@@ -405,20 +409,21 @@ class Decider:
         """
         started = time.perf_counter()
         now = self._clock()
+        member = self.holdout is not None and self.holdout.contains(request.customer_id)
         try:
             stored, server_side = yield (_READ, request.customer_id, now)
         except Exception as error:
             return self._degraded(request, now, f"feature store unavailable: {_brief(error)}",
-                                  started)  # fmt: skip
+                                  started, member=member)  # fmt: skip
         row = {**stored, **derive_row(stored, now)}
         found = stored.get("marketing_opt_in") is not None
         if self.model is None:
-            return self._degraded(request, now, "no model loaded", started, row, found)
+            return self._degraded(request, now, "no model loaded", started, row, found, member)
         try:
             value_row, uplift_row = self._score_one(self._vector(row))
         except Exception as error:
             return self._degraded(request, now, f"model failed: {_brief(error)}", started,
-                                  row, found)  # fmt: skip
+                                  row, found, member)  # fmt: skip
         values = dict(zip(ACTIONS, value_row.tolist(), strict=True))
         uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
 
@@ -430,6 +435,11 @@ class Decider:
             row["promos_7d"], row["apology_budget_left"] = server_side
         blocked = guardrails.evaluate(self.rules, row)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
+        intended = decision.action
+        if member:  # the control group: what the policy would do is kept, then withheld
+            assert self.holdout is not None
+            decision = arbitrate(values, uplifts, self.holdout.block(blocked),
+                                 request.candidates)  # fmt: skip
         if decision.action == "apology_credit":
             try:
                 granted = yield (_TAKE,)
@@ -440,21 +450,29 @@ class Decider:
                 # A concurrent request took the last credit of the pace: decide again without.
                 row["apology_budget_left"] = 0
                 blocked = guardrails.evaluate(self.rules, row)
-                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
-                                     self._rng)  # fmt: skip
+                if member:
+                    assert self.holdout is not None
+                    decision = arbitrate(values, uplifts, self.holdout.block(blocked),
+                                         request.candidates)  # fmt: skip
+                else:
+                    decision = arbitrate(values, uplifts, blocked, request.candidates,
+                                         self.epsilon, self._rng)  # fmt: skip
+                    intended = decision.action
         if decision.action == "promo":
             try:
                 yield (_ADD_PROMO, request.customer_id, now)
             except Exception as error:
                 return self._degraded(request, now,
                                       f"promo history unavailable: {_brief(error)}",
-                                      started, row, found)  # fmt: skip
+                                      started, row, found, member)  # fmt: skip
 
         reasons: list[str] = []
         if request.explain:
             reasons = self._reasons(request, row, found, decision, blocked)
-        response = _response(request, decision, reasons, self.model, False)
-        self._write_log(request, now, decision, response, row, found, None, started)
+            if member:
+                reasons.append(HOLDOUT_REASON)
+        response = _response(request, decision, reasons, self.model, False, member)
+        self._write_log(request, now, decision, response, row, found, None, started, intended)
         return response
 
     def _reasons(
@@ -496,7 +514,10 @@ class Decider:
         started: float,
         row: Mapping[str, Any] | None = None,
         found: bool = False,
+        member: bool | None = None,
     ) -> dict[str, Any]:
+        if member is None:
+            member = self.holdout is not None and self.holdout.contains(request.customer_id)
         self._warn(reason.split(":")[0], f"degraded decision: {reason}")
         ranking = tuple(
             Ranked(a, a == NONE, 0.0 if a == NONE else math.nan, 0.0 if a == NONE else math.nan, ())
@@ -504,8 +525,9 @@ class Decider:
         )
         decision = Decision(NONE, 1.0, ranking, False)
         reasons = [f"degraded: {reason}; answering the safe action"] if request.explain else []
-        response = _response(request, decision, reasons, self.model, True)
-        self._write_log(request, now, decision, response, row or {}, found, reason, started)
+        response = _response(request, decision, reasons, self.model, True, member)
+        self._write_log(request, now, decision, response, row or {}, found, reason, started,
+                        NONE)  # fmt: skip
         return response
 
     def _write_log(
@@ -518,6 +540,7 @@ class Decider:
         found: bool,
         degraded_reason: str | None,
         started: float,
+        intended: str,
     ) -> None:
         if self._log is None:
             return
@@ -527,9 +550,10 @@ class Decider:
             "customer_id": request.customer_id,
             "decided_at": now,
             "action": decision.action,
-            "policy": "random" if decision.explored else (version or "none"),
+            "policy": policy_label(response["holdout"], decision.explored, version),
             "propensity": decision.propensity,
             "channel": request.channel,
+            "intended_action": intended,
             "model_version": version,
             "degraded": degraded_reason is not None,
             "degraded_reason": degraded_reason,
@@ -609,6 +633,15 @@ class _Batch:
         self.chosen = np.zeros(n, dtype=np.int64)
         self.propensity = np.ones(n)
         self.explored = np.zeros(n, dtype=bool)
+        # The global control group (``serving.holdout``): members' intended action is kept,
+        # then their withheld actions are blocked and the choice made again, greedily.
+        self.intended = np.zeros(n, dtype=np.int64)
+        if decider.holdout is not None:
+            self.member = decider.holdout.members(r.customer_id for r in requests)
+            self.withheld = decider.holdout.withheld_mask()
+        else:
+            self.member = np.zeros(n, dtype=bool)
+            self.withheld = np.zeros(len(ACTIONS), dtype=bool)
         self._rng = np.random.default_rng(decider._rng.getrandbits(64))
         self._decide(np.arange(n))
 
@@ -627,6 +660,18 @@ class _Batch:
         chosen, propensity, explored = choose(
             self.values[rows], eligible, self.decider.epsilon, self._rng
         )
+        self.intended[rows] = chosen
+        held = self.member[rows]
+        if held.any():
+            eligible[held] &= ~self.withheld
+            chosen[held], propensity[held], explored[held] = choose(
+                self.values[rows][held], eligible[held], 0.0, self._rng
+            )
+            for j in np.flatnonzero(held).tolist():
+                blocked_by[j] = [
+                    (*rules, HOLDOUT_RULE) if self.withheld[c] else rules
+                    for c, rules in enumerate(blocked_by[j])
+                ]
         self.eligible[rows] = eligible
         self.chosen[rows], self.propensity[rows], self.explored[rows] = (
             chosen, propensity, explored)  # fmt: skip
@@ -720,9 +765,10 @@ class _Batch:
                 "reasons": [],
                 "model_version": version,
                 "degraded": False,
+                "holdout": member,
             }
-            for i, (decision_id, request, action) in enumerate(
-                zip(self.decision_ids, self.requests, chosen, strict=True)
+            for i, (decision_id, request, action, member) in enumerate(
+                zip(self.decision_ids, self.requests, chosen, self.member.tolist(), strict=True)
             )
         ]
         for i in restricted:
@@ -761,7 +807,10 @@ class _Batch:
         blocked = {ACTIONS[c]: self.blocked_by[i][c] for c in range(len(ACTIONS))
                    if self.blocked_by[i][c]}  # fmt: skip
         found = bool(self.columns.present["marketing_opt_in"][i])
-        return self.decider._reasons(request, self.row(i), found, decision, blocked)
+        out = self.decider._reasons(request, self.row(i), found, decision, blocked)
+        if self.member[i]:
+            out.append(HOLDOUT_REASON)
+        return out
 
     def log_columns(self, responses: Sequence[Mapping[str, Any]], latency_ms: float
                     ) -> dict[str, Any]:  # fmt: skip
@@ -775,9 +824,13 @@ class _Batch:
             "customer_id": [r.customer_id for r in self.requests],
             "decided_at": [self.now] * n,
             "action": [ACTIONS[c] for c in self.chosen.tolist()],
-            "policy": ["random" if e else (version or "none") for e in self.explored.tolist()],
+            "policy": [
+                policy_label(m, e, version)
+                for m, e in zip(self.member.tolist(), self.explored.tolist(), strict=True)
+            ],
             "propensity": self.propensity,
             "channel": self.channels.tolist(),
+            "intended_action": [ACTIONS[c] for c in self.intended.tolist()],
             "model_version": [version] * n,
             "degraded": np.zeros(n, dtype=bool),
             "degraded_reason": [None] * n,
@@ -860,6 +913,7 @@ def _response(
     reasons: list[str],
     model: LoadedModel | None,
     degraded: bool,
+    holdout: bool = False,
 ) -> dict[str, Any]:
     """The contract's response body."""
     return {
@@ -879,4 +933,5 @@ def _response(
         "reasons": reasons,
         "model_version": model.version if model is not None else None,
         "degraded": degraded,
+        "holdout": holdout,
     }

@@ -28,6 +28,7 @@ from pydantic_settings import (
 if TYPE_CHECKING:
     from features.store import FeastAdapter
     from monitoring.drift import DriftConfig
+    from serving.holdout import Holdout
 
 from nba import workspace
 from training.value import ActionCosts
@@ -401,6 +402,12 @@ class Settings(BaseSettings):
     def action_costs(self) -> ActionCosts:
         """The value model's costs (raw-data contract defaults unless configured)."""
         return ActionCosts.of(self)
+
+    def holdout(self) -> Holdout:
+        """The global control group (``serving.holdout``)."""
+        from serving.holdout import Holdout
+
+        return Holdout(self.holdout_share, self.holdout_salt, self.holdout_service)
 
     def drift_config(self) -> DriftConfig:
         """Thresholds and sampling of ``nba drift``."""

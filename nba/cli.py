@@ -652,5 +652,10 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
 
 
+# ``nba outcomes`` and ``nba impact`` (nba/cli_impact.py).
+from nba import cli_impact  # noqa: E402
+
+cli_impact.register(app, _quiet, CliError, _parse_time)
+
 if __name__ == "__main__":
     main()

@@ -44,6 +44,7 @@ PATH_FIELDS = (
     "model_path",
     "drift_report_dir",
     "evidently_workspace",
+    "impact_report_dir",
 )
 _SQLITE = "sqlite:///"
 
@@ -315,6 +316,10 @@ class Settings(BaseSettings):
         le=365,
         description="Days after a decision over which its outcome is observed (nba outcomes, "
         "nba impact); the raw contract's outcomes use 30.",
+    )
+    impact_report_dir: Path = Field(
+        default=Path("reports/impact"),
+        description="Where nba impact writes its HTML report and JSON summary.",
     )
 
     @classmethod

@@ -177,6 +177,8 @@ def observe(
 def as_raw(observed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The raw contract's ``actions`` and ``outcomes`` rows of observed decisions."""
     actions = observed[list(ACTION_COLUMNS)].reset_index(drop=True)
+    # The raw tables' canonical type (the log is in microseconds; a mix would be objects).
+    actions["decided_at"] = actions["decided_at"].astype("datetime64[ns, UTC]")
     outcomes = observed[list(OUTCOME_COLUMNS)].reset_index(drop=True)
     return actions, outcomes
 

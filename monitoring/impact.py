@@ -173,6 +173,9 @@ class Impact:
     holdout_decisions: int
     treated_value: float
     control_value: float
+    #: Arm means of the CUPED-adjusted net value: their difference is ``overall.estimate``.
+    treated_adjusted: float
+    control_adjusted: float
     start: str
     end: str
     horizon_days: int
@@ -247,6 +250,7 @@ def measure(
     y = net_value(observed["action"].to_numpy(object), observed["revenue"].to_numpy(float),
                   observed["unsubscribed"].to_numpy(bool), costs)  # fmt: skip
     x = observed[covariate].to_numpy(np.float64)
+    adjusted = y - cuped_theta(y, x) * (x - x.mean())
     cluster = observed["customer_id"].to_numpy(object)
     intended = observed["intended_action"].fillna(observed["action"]).to_numpy(object)
 
@@ -277,6 +281,8 @@ def measure(
         holdout_decisions=int((~treated).sum()),
         treated_value=float(y[treated].mean()),
         control_value=float(y[~treated].mean()),
+        treated_adjusted=float(adjusted[treated].mean()),
+        control_adjusted=float(adjusted[~treated].mean()),
         start=start,
         end=end,
         horizon_days=horizon_days,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ def _money(value: float) -> str:
         return "n/a"
     sign = "−" if value < 0 else ""
     return f"{sign}{abs(value):,.2f}"
+
+
+def _day(stamp: str) -> str:
+    """``2026-08-06T21:49:49+00:00`` as ``6 Aug 2026`` (empty stays empty)."""
+    if not stamp:
+        return ""
+    day = datetime.fromisoformat(stamp)
+    return html.escape(f"{day.day} {day:%b %Y}")
 
 
 def _verdict(e: Estimate) -> str:
@@ -96,12 +105,13 @@ def _weekly(impact: Impact) -> str:
 def _arms(impact: Impact) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 2.4))
-    values = [impact.control_value, impact.treated_value]
+    values = [impact.control_adjusted, impact.treated_adjusted]
     ax.barh([0, 1], values, color=[_GREY, _GREEN], height=0.55)
     ax.set_yticks([0, 1], ["control group\n(no marketing)", "customers we decided for"])
     for i, v in enumerate(values):
         ax.text(v, i, f"  {_money(v)}", va="center")
-    ax.set_xlabel("average net value per decision (revenue − costs − unsubscribes)")
+    ax.set_xlabel("average net value per decision (revenue − costs − unsubscribes), "
+                  "adjusted for past spending")
     ax.set_title("What a decision was worth, with and without nba")
     ax.set_xlim(0, max(max(values), 1.0) * 1.25)
     return _png(fig)
@@ -133,7 +143,7 @@ def render(impact: Impact, currency: str = "") -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>nba impact</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>Does next-best-action pay?</h1>",
-        f"<p class='sub'>Decisions from {esc(impact.start)} to {esc(impact.end)}, outcomes "
+        f"<p class='sub'>Decisions from {_day(impact.start)} to {_day(impact.end)}, outcomes "
         f"over the {impact.horizon_days} days after each, against the global control group.</p>",
         f"<p class='headline'>Each decision earned <b>{_money(o.estimate)}{unit}</b> more net "
         f"value than doing nothing (95% interval {_money(o.ci_low)} to {_money(o.ci_high)}): "
@@ -150,7 +160,9 @@ def render(impact: Impact, currency: str = "") -> str:
         "<p>The control group is a fixed random share of customers who never get a marketing "
         "action. Comparing what a decision was worth for them and for everyone else shows what "
         "the decisions add. Net value is revenue minus the actions' costs and the value lost "
-        "when a customer unsubscribes.</p>",
+        "when a customer unsubscribes. Both averages are adjusted for what the customers spent "
+        "before (by chance one group may hold more frequent travellers): the gap between the "
+        "bars is the headline figure.</p>",
         f"<img alt='treated against control' src='data:image/png;base64,{_arms(impact)}'>",
     ]
     if impact.by_action:
@@ -183,7 +195,8 @@ def render(impact: Impact, currency: str = "") -> str:
             "the 30 days before. If the bars shrink to the right, frequent contacts are worth "
             "less: consider a stricter frequency cap.</p>",
             "<img alt='fatigue' src='data:image/png;base64,"
-            + _bars([f"{label} contacts" for label, _ in impact.by_contacts],
+            + _bars([f"{label} contact{'' if label == '1' else 's'}"
+                     for label, _ in impact.by_contacts],
                     [e for _, e in impact.by_contacts],
                     "Incremental net value per decision, by recent contacts",
                     f"per decision{unit}")  # fmt: skip

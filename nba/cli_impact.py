@@ -159,11 +159,16 @@ def impact(
     mlflow: Annotated[
         bool, typer.Option("--mlflow/--no-mlflow", help="Log the run to MLflow.")
     ] = True,
+    workspace: Annotated[
+        bool,
+        typer.Option("--workspace/--no-workspace", help="Snapshot to the Evidently workspace."),
+    ] = True,
 ) -> None:
     """Incremental net value of the deployed decisions against the global control group.
 
     Per decision and in total with a 95% interval, per action, per week and by recent
-    contacts: an HTML report and a JSON summary in --out, and an MLflow run.
+    contacts: an HTML report and a JSON summary in --out, an MLflow run, and panels on the
+    Evidently workspace's dashboard beside drift.
     """
     from monitoring.impact import measure
     from monitoring.impact_report import write
@@ -182,7 +187,7 @@ def impact(
         if lo >= hi:
             raise CliError(f"--start: {lo.isoformat()} is not before --end {hi.isoformat()}")
     length = _duration(since or "30d", "--since")
-    with output.Stages("impact", total=4 - (not mlflow)) as stage:
+    with output.Stages("impact", total=5 - (not mlflow) - (not workspace)) as stage:
         stage(f"joining the decision log with {folder}")
         world, observed = _observe(folder, log_dir or settings.decision_log_dir, window,
                                    settings, lo, hi)  # fmt: skip
@@ -213,6 +218,14 @@ def impact(
         if mlflow:
             stage(f"logging to MLflow (experiment {settings.drift_experiment})")
             _log_run(settings, summary, stamp, [html, summary_file])
+        if workspace:
+            from monitoring.evidently_report import add_to_workspace, impact_run
+
+            project = f"nba {settings.environment}"
+            stage(f"adding a snapshot to the Evidently workspace {settings.evidently_workspace} "
+                  f"(project {project})")  # fmt: skip
+            add_to_workspace(settings.evidently_workspace, project, impact_run(summary),
+                             description="nba decisions: drift and impact")  # fmt: skip
     _print(summary, html)
 
 

@@ -68,6 +68,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "NBA_MLFLOW_ARTIFACT_LOCATION": str(root / "artifacts"),
         "NBA_IMPACT_REPORT_DIR": str(root / "reports"),
+        "NBA_EVIDENTLY_WORKSPACE": str(root / "evidently"),
+        "NBA_ENVIRONMENT": "test",
     }
     return {"root": root, "raw": raw, "log": log, "rows": rows, "env": env, "world": world}
 
@@ -121,6 +123,38 @@ def test_outcomes_then_a_second_model_then_impact(workspace: dict[str, Any]) -> 
     assert all(set(w) >= {"week", "decisions", "estimate", "ci95"} for w in summary["by_week"])
     (html,) = (workspace["root"] / "reports").glob("impact-*.html")
     assert "Does next-best-action pay?" in html.read_text()
+    shot = screenshot(html, workspace["root"] / "impact.png")
+    if shot is not None:  # every chart decoded and drawn
+        widths, png = shot
+        assert len(widths) == 4 and min(widths) > 300 and png.stat().st_size > 50_000
+    # The MLflow run and the Evidently dashboard's impact panels.
+    from evidently.ui.workspace import Workspace
+
+    import mlflow
+
+    from monitoring.evidently_report import IMPACT_TITLE
+
+    (project,) = Workspace(str(workspace["root"] / "evidently")).list_projects()
+    assert IMPACT_TITLE in [p.title for p in project.dashboard.model().panels]
+    mlflow.set_tracking_uri(env["NBA_MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["nba-monitoring"])
+    assert runs["metrics.impact.per_decision"].iloc[0] == pytest.approx(overall["estimate"])
+
+
+def screenshot(html: Path, png: Path) -> tuple[list[int], Path] | None:
+    """The report in headless Chromium: its images' widths and a PNG of the page (None
+    without Chromium)."""
+    from tests.cdp import CHROMIUM, Chromium
+
+    if CHROMIUM is None:
+        return None
+    with Chromium(png.parent / "chromium") as browser:
+        page = browser.page()
+        page.call("Emulation.setDeviceMetricsOverride", width=1000, height=900,
+                  deviceScaleFactor=1, mobile=False)  # fmt: skip
+        page.open(html.as_uri())
+        widths = page.eval("Array.from(document.images).map(i => i.naturalWidth)")
+        return list(widths), page.screenshot(png)
 
 
 def test_impact_without_a_control_group_says_so(workspace: dict[str, Any], tmp_path: Path

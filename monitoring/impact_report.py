@@ -145,8 +145,9 @@ def render(impact: Impact, currency: str = "") -> str:
         "<h1>Does next-best-action pay?</h1>",
         f"<p class='sub'>Decisions from {_day(impact.start)} to {_day(impact.end)}, outcomes "
         f"over the {impact.horizon_days} days after each, against the global control group.</p>",
-        f"<p class='headline'>Each decision earned <b>{_money(o.estimate)}{unit}</b> more net "
-        f"value than doing nothing (95% interval {_money(o.ci_low)} to {_money(o.ci_high)}): "
+        f"<p class='headline'>Each decision earned <b>{_money(abs(o.estimate))}{unit}</b> "
+        f"{'more' if o.estimate >= 0 else 'less'} net value than doing nothing (95% interval "
+        f"{_money(o.ci_low)} to {_money(o.ci_high)}): "
         f"{_verdict(o)}. Over the {impact.decisions:,} decisions of the period that is "
         f"<b>{_money(total.estimate)}{unit}</b> (from {_money(total.ci_low)} to "
         f"{_money(total.ci_high)}).</p>",

@@ -417,7 +417,9 @@ def impact_run(summary: Mapping[str, Any]) -> EvidentlyRun:
     frame = pd.DataFrame([row])
     meta = {"window_start": summary["window"]["start"], "window_end": summary["window"]["end"]}
     report = Report([MeanValue(column=c) for c in row], metadata=meta, tags=[IMPACT_TAG])
-    dataset = Dataset.from_pandas(frame, data_definition=DataDefinition(numerical_columns=list(row)))
+    dataset = Dataset.from_pandas(
+        frame, data_definition=DataDefinition(numerical_columns=list(row))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         snapshot = report.run(dataset, None, timestamp=_timestamp(meta))

@@ -110,8 +110,10 @@ def _arms(impact: Impact) -> str:
     ax.set_yticks([0, 1], ["control group\n(no marketing)", "customers we decided for"])
     for i, v in enumerate(values):
         ax.text(v, i, f"  {_money(v)}", va="center")
-    ax.set_xlabel("average net value per decision (revenue − costs − unsubscribes), "
-                  "adjusted for past spending")
+    ax.set_xlabel(
+        "average net value per decision (revenue − costs − unsubscribes), "
+        "adjusted for past spending"
+    )
     ax.set_title("What a decision was worth, with and without nba")
     ax.set_xlim(0, max(max(values), 1.0) * 1.25)
     return _png(fig)
@@ -175,9 +177,12 @@ def render(impact: Impact, currency: str = "") -> str:
             "sure gain, red a sure loss, grey: not sure yet. The black line is the 95% "
             "interval.</p>",
             "<img alt='per action' src='data:image/png;base64,"
-            + _bars(labels, list(impact.by_action.values()),
-                    "Incremental net value per decision, by action",
-                    f"per decision{unit}")  # fmt: skip
+            + _bars(
+                labels,
+                list(impact.by_action.values()),
+                "Incremental net value per decision, by action",
+                f"per decision{unit}",
+            )
             + "'>",
             "<table><tr><th>action</th><th>decisions</th><th>control</th><th>per decision</th>"
             f"<th>95% interval</th></tr>{rows}</table>",
@@ -196,11 +201,15 @@ def render(impact: Impact, currency: str = "") -> str:
             "the 30 days before. If the bars shrink to the right, frequent contacts are worth "
             "less: consider a stricter frequency cap.</p>",
             "<img alt='fatigue' src='data:image/png;base64,"
-            + _bars([f"{label} contact{'' if label == '1' else 's'}"
-                     for label, _ in impact.by_contacts],
-                    [e for _, e in impact.by_contacts],
-                    "Incremental net value per decision, by recent contacts",
-                    f"per decision{unit}")  # fmt: skip
+            + _bars(
+                [
+                    f"{label} contact{'' if label == '1' else 's'}"
+                    for label, _ in impact.by_contacts
+                ],
+                [e for _, e in impact.by_contacts],
+                "Incremental net value per decision, by recent contacts",
+                f"per decision{unit}",
+            )
             + "'>",
         ]
     parts += [

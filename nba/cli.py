@@ -400,7 +400,12 @@ def score(
         stored = adapter.historical(entity_frame_of(requests))
         stage("deciding")
         result = run_score(
-            model, rules, requests, stored, history=past, costs=settings.action_costs(),
+            model,
+            rules,
+            requests,
+            stored,
+            history=past,
+            costs=settings.action_costs(),
             holdout=settings.holdout(),
         )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def register(app: typer.Typer, quiet: Any, error: type[Exception], parse_time: A
     app.command()(quiet(impact))
 
 
-def CliError(message: str) -> Exception:  # noqa: N802 (reads as the exception it makes)
+def CliError(message: str) -> Exception:
     """``nba.cli.CliError(message)``: one message, exit code 2."""
     error: type[Exception] = _CLI["error"]
     return error(message)
@@ -134,8 +134,10 @@ def outcomes(
 def impact(
     since: Annotated[
         str | None,
-        typer.Option(help="Decisions of this long (30d, 4w) up to the last one whose horizon "
-                     "has passed (default 30d)."),  # fmt: skip
+        typer.Option(
+            help="Decisions of this long (30d, 4w) up to the last one whose horizon "
+            "has passed (default 30d)."
+        ),
     ] = None,
     start: Annotated[
         str | None, typer.Option(help="Window start (ISO 8601 with offset), with --end.")

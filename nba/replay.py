@@ -33,8 +33,7 @@ from features import schema
 from features.build import build_features
 from features.contract import ACTIONS, RawData
 from features.decision_log import DECISION_SCHEMA, FEATURE_PREFIX
-from features.derive import derive_features
-from features.derive import derive_columns
+from features.derive import derive_columns, derive_features
 from nba.simulate import (
     DAY_NS,
     SimulationConfig,
@@ -154,8 +153,15 @@ def act_out(
     if (owner < 0).any():
         raise ValueError("act_out: decisions for customers the world does not have")
     decided = pd.to_datetime(rows["decided_at"], utc=True)
-    feats = build_features(world, pd.DataFrame({schema.ENTITY: rows["customer_id"].to_numpy(),
-                                                schema.EVENT_TIMESTAMP: decided.to_numpy()}))
+    feats = build_features(
+        world,
+        pd.DataFrame(
+            {
+                schema.ENTITY: rows["customer_id"].to_numpy(),
+                schema.EVENT_TIMESTAMP: decided.to_numpy(),
+            }
+        ),
+    )
     derived = derive_columns({c: feats[c] for c in feats.columns}, decided.to_numpy())
     truth = causal_model(cust_traits(cust, owner), feats, derived)
     draw = np.random.default_rng(seed)

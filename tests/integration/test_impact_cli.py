@@ -128,9 +128,8 @@ def test_outcomes_then_a_second_model_then_impact(workspace: dict[str, Any]) -> 
         widths, png = shot
         assert len(widths) == 4 and min(widths) > 300 and png.stat().st_size > 50_000
     # The MLflow run and the Evidently dashboard's impact panels.
-    from evidently.ui.workspace import Workspace
-
     import mlflow
+    from evidently.ui.workspace import Workspace
 
     from monitoring.evidently_report import IMPACT_TITLE
 

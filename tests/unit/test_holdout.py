@@ -42,12 +42,12 @@ def test_membership_is_the_same_in_another_process() -> None:
     assert other == here and "1" in here
 
 
-def test_a_known_value_pins_the_hash() -> None:
+def test_known_values_pin_the_hash() -> None:
     # A change of hash function or separator would silently reshuffle every brand's group.
-    assert hash_unit("C0000001", "nba-holdout") == pytest.approx(
-        int.from_bytes(__import__("hashlib").sha256(b"nba-holdout\x00C0000001").digest()[:8],
-                       "big") / 2**64  # fmt: skip
-    )
+    assert hash_unit("C0000001", "nba-holdout") == pytest.approx(0.9140142248379447, abs=1e-15)
+    assert hash_unit("C0000002", "nba-holdout") == pytest.approx(0.07676140724846695, abs=1e-15)
+    assert not in_holdout("C0000001", 0.05, "nba-holdout")
+    assert in_holdout("C0000002", 0.08, "nba-holdout")
 
 
 @pytest.mark.parametrize("share", [0.01, 0.05, 0.2])

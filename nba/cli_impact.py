@@ -174,7 +174,7 @@ def impact(
     """
     from monitoring.impact import measure
     from monitoring.impact_report import write
-    from monitoring.outcomes import data_end
+    from monitoring.outcomes import FATIGUE_DAYS, data_end
 
     settings = load_settings()
     window = _duration(horizon or f"{settings.impact_horizon_days}d", "--horizon")
@@ -191,8 +191,10 @@ def impact(
     length = _duration(since or "30d", "--since")
     with output.Stages("impact", total=5 - (not mlflow) - (not workspace)) as stage:
         stage(f"joining the decision log with {folder}")
+        # From 30 days before the window: the fatigue count looks back that far.
+        since_lo = None if lo is None else lo - timedelta(days=FATIGUE_DAYS)
         world, observed = _observe(folder, log_dir or settings.decision_log_dir, window,
-                                   settings, lo, hi)  # fmt: skip
+                                   settings, since_lo, hi)  # fmt: skip
         if hi is None:
             ends = data_end(world.bookings, world.email_events)
             hi = (ends - window) if ends is not None else pd.Timestamp.now(tz="UTC")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from monitoring.impact import Estimate, Impact
+from monitoring.impact import MIN_CONTROL_CUSTOMERS, Estimate, Impact
 
 _GREEN, _GREY, _RED = "#2a9d8f", "#8d99ae", "#e76f51"
 _ACTION_NAMES = {"promo": "Promo", "apology_credit": "Apology credit", "recognition": "Recognition"}
@@ -55,13 +55,20 @@ def _day(stamp: str) -> str:
 
 
 def _verdict(e: Estimate) -> str:
-    if not np.isfinite(e.ci_low):
-        return "too few decisions to tell"
+    if not np.isfinite(e.ci_low) or e.few:
+        return f"too few control-group customers ({e.control_customers}) to tell"
     if e.ci_low > 0:
         return "a gain (the whole 95% interval is above zero)"
     if e.ci_high < 0:
         return "a loss (the whole 95% interval is below zero)"
     return "not distinguishable from zero yet (the 95% interval includes zero)"
+
+
+def _short(e: Estimate) -> str:
+    """``_verdict`` in a table cell's words."""
+    if not np.isfinite(e.ci_low) or e.few:
+        return "too few to tell"
+    return "a gain" if e.ci_low > 0 else "a loss" if e.ci_high < 0 else "not sure yet"
 
 
 def _bars(labels: list[str], estimates: list[Estimate], title: str, xlabel: str) -> str:
@@ -71,7 +78,12 @@ def _bars(labels: list[str], estimates: list[Estimate], title: str, xlabel: str)
     mid = np.array([e.estimate for e in estimates])
     lo = np.array([e.ci_low for e in estimates])
     hi = np.array([e.ci_high for e in estimates])
-    colors = [_GREEN if a > 0 else _RED if b < 0 else _GREY for a, b in zip(lo, hi, strict=True)]
+    colors = [
+        _GREY if e.few else _GREEN if a > 0 else _RED if b < 0 else _GREY
+        for e, a, b in zip(estimates, lo, hi, strict=True)
+    ]
+    labels = [f"{label}\n(too few to tell)" if e.few else label
+              for label, e in zip(labels, estimates, strict=True)]  # fmt: skip
     ax.barh(y, mid, color=colors, height=0.55)
     ax.errorbar(mid, y, xerr=[mid - lo, hi - mid], fmt="none", ecolor="black", capsize=4, lw=1)
     ax.axvline(0, color="black", lw=0.8)
@@ -138,7 +150,8 @@ def render(impact: Impact, currency: str = "") -> str:
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(_ACTION_NAMES.get(a, a))}</td><td>{e.treated:,}</td><td>{e.control:,}</td>"
-        f"<td>{_money(e.estimate)}</td><td>{_money(e.ci_low)} to {_money(e.ci_high)}</td></tr>"
+        f"<td>{_money(e.estimate)}</td><td>{_money(e.ci_low)} to {_money(e.ci_high)}</td>"
+        f"<td>{_short(e)}</td></tr>"
         for a, e in impact.by_action.items()
     )
     parts = [
@@ -185,7 +198,9 @@ def render(impact: Impact, currency: str = "") -> str:
             )
             + "'>",
             "<table><tr><th>action</th><th>decisions</th><th>control</th><th>per decision</th>"
-            f"<th>95% interval</th></tr>{rows}</table>",
+            f"<th>95% interval</th><th>verdict</th></tr>{rows}</table>",
+            f"<p class='note'>A slice with fewer than {MIN_CONTROL_CUSTOMERS} control-group "
+            "customers is marked <i>too few to tell</i>: its interval cannot be trusted.</p>",
         ]
     if impact.by_week:
         parts += [

@@ -219,3 +219,21 @@ def test_raw_rows_merge_once() -> None:
     assert added == len(actions) - 2 and merged["decision_id"].is_unique
     again, none = merge_raw(merged, actions)
     assert none == 0 and len(again) == len(merged)
+
+
+def test_report_reads_in_words_and_flags_thin_slices() -> None:
+    from monitoring.impact_report import render
+
+    frame = observed_frame()
+    page = render(measure(frame, COSTS, start="2026-09-01T00:00:00+00:00",
+                          end="2026-09-22T00:00:00+00:00"), "USD")  # fmt: skip
+    assert page.count("data:image/png;base64,") == 4  # arms, actions, weeks, fatigue
+    assert "Decisions from 1 Sep 2026 to 22 Sep 2026" in page
+    # 30 held-out customers in all: a slice by action holds fewer, so it is flagged.
+    assert "too few to tell" in page
+    many = pd.concat([frame.assign(customer_id=frame["customer_id"] + f"-{k}",
+                                   decision_id=frame["decision_id"] + f"-{k}")
+                      for k in range(4)], ignore_index=True)  # fmt: skip
+    impact = measure(many, COSTS)
+    assert not impact.overall.few and impact.overall.control_customers == 120
+    assert ("more net value" in render(impact)) == (impact.overall.estimate >= 0)

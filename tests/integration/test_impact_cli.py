@@ -95,10 +95,7 @@ def test_outcomes_then_a_second_model_then_impact(workspace: dict[str, Any]) -> 
     added = again.actions[again.actions["decision_id"].isin(logged)]
     assert len(added) == len(logged)  # every replayed decision's horizon has passed
     assert set(added["policy"]) == {"nba-uplift/1", "holdout"}
-    # Running it again adds nothing.
-    rerun = nba("outcomes", "--raw", str(raw), env=env)
-    assert rerun.returncode == 0 and "0 decisions with outcomes added" in rerun.stdout
-    assert len(load_raw(raw).actions) == len(again.actions)
+    # (Running it again adds nothing: tests/unit/test_impact.py, test_raw_rows_merge_once.)
 
     # Closing the loop: a second model learns from the first one's logged decisions.
     data = assemble(again, build_features(again, entity_frame(again)))
@@ -166,3 +163,30 @@ def test_impact_without_a_control_group_says_so(workspace: dict[str, Any], tmp_p
     result = nba("impact", "--raw", str(workspace["raw"]), "--no-mlflow", env=env)
     assert result.returncode == 2
     assert "control group" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_input_is_one_message(workspace: dict[str, Any], tmp_path: Path) -> None:
+    env = workspace["env"]
+    for args, says in (
+        (("outcomes", "--raw", str(tmp_path / "absent")), "is not a folder"),
+        (("impact", "--raw", str(workspace["raw"]), "--horizon", "3x"), "is not a duration"),
+        (
+            (
+                "impact",
+                "--raw",
+                str(workspace["raw"]),
+                "--since",
+                "4w",
+                "--start",
+                "2026-09-01T00:00:00Z",
+            ),
+            "either --since or --start",
+        ),
+        (
+            ("impact", "--raw", str(workspace["raw"]), "--start", "2026-09-01T00:00:00Z"),
+            "go together",
+        ),
+    ):
+        result = nba(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert says in result.stderr and "Traceback" not in result.stderr

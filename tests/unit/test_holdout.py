@@ -176,3 +176,32 @@ def test_offline_score_marks_the_same_customers() -> None:
     assert (held["intended_action"] == "promo").all() and not held["eligible_promo"].any()
     free = out[~out["holdout"]]
     assert (free["action"] == "promo").all() and (free["intended_action"] == "promo").all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@SCENARIOS
+def test_awaited_decisions_equal_blocking_ones_with_a_control_group(
+    customers: list[dict[str, Any]], requests: list[tuple[int, Any, Any, bool]], promo: float,
+    apology: float, recognition: float, budget: int,
+) -> None:  # fmt: skip
+    import asyncio
+
+    from tests.unit.test_decide_async import StoresIO
+
+    rows, uplifts, made = scenario(customers, requests, promo, apology, recognition)
+    holdout = Holdout(share=0.5, salt=f"{len(requests)}-{apology:.3f}", service_allowed=budget != 2)
+    blocking_log: list[Mapping[str, Any]] = []
+    awaited_log: list[Mapping[str, Any]] = []
+    blocking = _decider(rows, uplifts, budget, blocking_log)
+    awaited = _decider(rows, uplifts, budget, awaited_log)
+    blocking.holdout = awaited.holdout = holdout
+    io = StoresIO(awaited)
+
+    async def run() -> list[dict[str, Any]]:
+        return [await awaited.decide_async(r, io) for r in made]
+
+    expected = [blocking.decide(r) for r in made]
+    got = asyncio.run(run())
+    assert [_without_ids(d) for d in got] == [_without_ids(d) for d in expected]
+    assert [_comparable(r) for r in awaited_log] == [_comparable(r) for r in blocking_log]
+    assert all(d["holdout"] == holdout.contains(d["customer_id"]) for d in got)

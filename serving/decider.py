@@ -450,14 +450,13 @@ class Decider:
                 # A concurrent request took the last credit of the pace: decide again without.
                 row["apology_budget_left"] = 0
                 blocked = guardrails.evaluate(self.rules, row)
+                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
+                                     self._rng)  # fmt: skip
+                intended = decision.action  # the policy would have been refused it too
                 if member:
                     assert self.holdout is not None
                     decision = arbitrate(values, uplifts, self.holdout.block(blocked),
                                          request.candidates)  # fmt: skip
-                else:
-                    decision = arbitrate(values, uplifts, blocked, request.candidates,
-                                         self.epsilon, self._rng)  # fmt: skip
-                    intended = decision.action
         if decision.action == "promo":
             try:
                 yield (_ADD_PROMO, request.customer_id, now)

@@ -205,3 +205,23 @@ def test_awaited_decisions_equal_blocking_ones_with_a_control_group(
     assert [_without_ids(d) for d in got] == [_without_ids(d) for d in expected]
     assert [_comparable(r) for r in awaited_log] == [_comparable(r) for r in blocking_log]
     assert all(d["holdout"] == holdout.contains(d["customer_id"]) for d in got)
+
+
+def test_a_member_refused_the_last_credit_logs_what_the_policy_could_still_do() -> None:
+    import asyncio
+
+    from tests.unit.test_decide_async import StoresIO
+
+    holdout = Holdout(share=0.5, salt="t")
+    member, _ = _member_and_not(holdout)
+    hurt = quiet_customer(
+        last_negative_at=pd.Timestamp(NOW - timedelta(days=2)), last_negative_kind="delay",
+        last_negative_delay_minutes=200,
+    )  # fmt: skip
+    log: list[Mapping[str, Any]] = []
+    decider = make({member: hurt}, {"apology_credit": 0.2}, log=log)
+    decider.holdout = holdout
+    # Another worker took the last credit between the read and the take.
+    out = asyncio.run(decider.decide_async(Request(member), StoresIO(decider, take=False)))
+    assert out["action"] == "none" and out["holdout"] is True
+    assert log[0]["intended_action"] == "none" and log[0]["policy"] == "holdout"

@@ -93,7 +93,7 @@ def test_interval_covers_a_known_effect_about_95_times_in_100_of_many_customers(
     covered = 0
     for _ in range(200):
         # 2,000 customers, 200 of them held out, five decisions each on average. (With only
-        # 40 held-out customers coverage fell to 89%: a clustered interval needs clusters.)
+        # 40 held-out customers coverage fell to 89.5%: a clustered interval needs clusters.)
         customers = rng.integers(0, 2000, 10_000)
         level = rng.gamma(1.0, 100.0, 2000)[customers]
         treated = (customers % 10) != 0

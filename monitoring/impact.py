@@ -44,7 +44,7 @@ Z95: Final = 1.959963984540054
 #: ``policy`` of the control group's decisions (``serving.holdout.HOLDOUT_POLICY``; monitoring
 #: may not import serving, and the log's value is the contract's).
 HOLDOUT_POLICY: Final = "holdout"
-#: Below this many control-group customers a slice's interval is flagged as unreliable: a unit
+#: Below this many control-group customers a slice's interval is flagged as unreliable: a
 #: simulated measurement gave 89.5% coverage of the nominal 95% with 40 of them (93% with 200).
 MIN_CONTROL_CUSTOMERS: Final = 30
 #: Fatigue buckets: intended contacts in the 30 days before a decision.

@@ -237,3 +237,38 @@ def test_report_reads_in_words_and_flags_thin_slices() -> None:
     impact = measure(many, COSTS)
     assert not impact.overall.few and impact.overall.control_customers == 120
     assert ("more net value" in render(impact)) == (impact.overall.estimate >= 0)
+
+
+_HOURS = st.lists(st.integers(0, 24 * 90), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(decided=_HOURS, booked=_HOURS, owners=st.lists(st.sampled_from("AB"), min_size=24,
+                                                       max_size=24))  # fmt: skip
+def test_outcome_sums_equal_a_plain_loop(decided: list[int], booked: list[int],
+                                         owners: list[str]) -> None:  # fmt: skip
+    hours = pd.to_timedelta
+    decisions = pd.DataFrame({
+        "decision_id": [f"d{i}" for i in range(len(decided))],
+        "customer_id": owners[: len(decided)], "decided_at": T0 + hours(decided, unit="h"),
+        "action": "promo", "policy": "m", "propensity": 1.0, "channel": "web",
+    })  # fmt: skip
+    bookings = pd.DataFrame({
+        "customer_id": owners[-len(booked):], "booked_at": T0 + hours(booked, unit="h"),
+        "fare": [10.0 * (i + 1) for i in range(len(booked))], "currency": "USD",
+    })  # fmt: skip
+    email = pd.DataFrame({"customer_id": [], "ts": pd.to_datetime([], utc=True),
+                          "event_type": []})  # fmt: skip
+    end = T0 + timedelta(days=200)
+    got = observe(decisions, pd.DataFrame({"customer_id": ["A", "B"]}), bookings, email,
+                  horizon=timedelta(days=30), as_of=end).frame  # fmt: skip
+    for _, row in got.iterrows():
+        mine = bookings[bookings["customer_id"] == row["customer_id"]]
+        after = mine[(mine["booked_at"] > row["decided_at"])
+                     & (mine["booked_at"] <= row["decided_at"] + timedelta(days=30))]  # fmt: skip
+        before = mine[(mine["booked_at"] > row["decided_at"] - timedelta(days=30))
+                      & (mine["booked_at"] <= row["decided_at"])]  # fmt: skip
+        assert row["revenue"] == pytest.approx(after["fare"].sum())
+        assert row["converted"] == (len(after) > 0)
+        assert row["pre_revenue"] == pytest.approx(before["fare"].sum())
+    assert len(got) == len(decisions)

@@ -37,8 +37,8 @@ demo: $(BIN)/nba
 	# outcomes, and what they earned: reports/impact/impact-*.html
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m nba.replay --raw $(DATA) --customers $(CUSTOMERS) \
 		--seed 7 --end $(DEMO_END)
-	$(BIN)/nba outcomes --raw $(DATA)
-	$(BIN)/nba impact --raw $(DATA) --since 8w
+	$(BIN)/nba outcomes --raw $(DATA) --log-dir logs/replay
+	$(BIN)/nba impact --raw $(DATA) --log-dir logs/replay --since 8w
 	NBA_API_KEYS=$${NBA_API_KEYS:-$(API_KEY)} OMP_WAIT_POLICY=PASSIVE $(BIN)/nba serve
 
 ## The test suite (what CI runs). Tests needing Redis/PostgreSQL skip when those are absent,

@@ -186,9 +186,9 @@ def as_raw(observed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def merge_raw(
     existing: pd.DataFrame, new: pd.DataFrame, key: str = "decision_id"
 ) -> tuple[pd.DataFrame, int]:
-    """``existing`` rows plus the ``new`` ones whose ``key`` it lacks (re-running adds nothing);
-    returns (merged, rows added)."""
-    fresh = new[~new[key].isin(set(existing[key]))]
+    """``existing`` rows plus the ``new`` ones whose ``key`` it lacks (re-running adds nothing;
+    a key repeated in ``new`` is added once); returns (merged, rows added)."""
+    fresh = new[~new[key].isin(set(existing[key]))].drop_duplicates(key)
     if not len(existing):
         return fresh.reset_index(drop=True), len(fresh)
     merged = pd.concat([existing, fresh[list(existing.columns)]], ignore_index=True)

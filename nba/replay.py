@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,8 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=365, help="as given to nba simulate")
     parser.add_argument("--weeks", type=int, default=8, help="weeks of decisions to replay")
     parser.add_argument("--intensity", type=float, default=1.0, help="visits, x the simulator's")
+    parser.add_argument("--log-dir", help="the replay's own decision log, replaced on each run "
+                        "[logs/replay in the workspace]")  # fmt: skip
     args = parser.parse_args(argv)
     settings = load_settings()
+    # Its own folder, not the service's log: a rerun (a new world with the same customer ids)
+    # replaces it rather than mixing two worlds' decisions.
+    log_dir = Path(args.log_dir) if args.log_dir else settings.workspace / "logs" / "replay"
+    if log_dir.is_dir():
+        shutil.rmtree(log_dir)
     config = SimulationConfig(end=pd.Timestamp(args.end), customers=args.customers,
                               days=args.days, seed=args.seed)  # fmt: skip
     world = load_raw(args.raw)
@@ -212,13 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = replay(world, points, model, load_rules(settings.guardrails),
                   costs=settings.action_costs(), model_version="replay",
                   holdout=settings.holdout())  # fmt: skip
-    write_part(settings.decision_log_dir, rows.to_dict("records"), DECISION_SCHEMA,
-               "decided_at", 0)  # fmt: skip
+    write_part(log_dir, rows.to_dict("records"), DECISION_SCHEMA, "decided_at", 0)
     world, _ = act_out(world, config, rows, seed=args.seed)
     write_raw(world, args.raw)
     held = int((rows["policy"] == "holdout").sum())
     print(f"replayed {len(rows):,} decisions ({held:,} in the control group) from "
-          f"{start:%Y-%m-%d} to {end:%Y-%m-%d} into {settings.decision_log_dir}; their "
+          f"{start:%Y-%m-%d} to {end:%Y-%m-%d} into {log_dir}; their "
           f"bookings and unsubscribes added to {args.raw}")  # fmt: skip
 
 

@@ -15,7 +15,9 @@ Per request:
    history, ``apology_budget_left`` from the pacer);
 4. arbitration with optional exploration (``serving.policy.arbitrate``); a chosen apology credit
    takes one from the budget (re-arbitrated without it if a concurrent request took the last);
-   a chosen promo is recorded in the shared history before the answer leaves;
+   a chosen promo is recorded in the shared history before the answer leaves; a customer of the
+   global control group (``serving.holdout``) is decided again without marketing actions, and
+   the log keeps the action the policy intended (``intended_action``, ``policy = holdout``);
 5. reasons when asked (``serving.explain``); one decision-log row queued for the writer.
 
 Store calls: one decision is written once, as ``_steps``, a generator that yields its store

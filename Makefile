@@ -27,10 +27,18 @@ $(BIN)/nba: pyproject.toml $(LOCK)
 ## evaluate and register the uplift model (MLflow, champion), then serve decisions on
 ## http://127.0.0.1:3000 (Ctrl+C stops it; the API key is $(API_KEY) unless NBA_API_KEYS is set).
 API_KEY ?= demo-key
+## The world's end, fixed once: the replay redraws the simulated customers from it (and the seed).
+DEMO_END := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 demo: $(BIN)/nba
-	$(BIN)/nba simulate --out $(DATA) --customers $(CUSTOMERS) --seed 7
+	$(BIN)/nba simulate --out $(DATA) --customers $(CUSTOMERS) --seed 7 --end $(DEMO_END)
 	$(BIN)/nba features --raw $(DATA)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/nba train --raw $(DATA) --force
+	# Eight weeks of the champion's decisions with the global control group (nba.replay), their
+	# outcomes, and what they earned: reports/impact/impact-*.html
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m nba.replay --raw $(DATA) --customers $(CUSTOMERS) \
+		--seed 7 --end $(DEMO_END)
+	$(BIN)/nba outcomes --raw $(DATA) --log-dir logs/replay
+	$(BIN)/nba impact --raw $(DATA) --log-dir logs/replay --since 8w
 	NBA_API_KEYS=$${NBA_API_KEYS:-$(API_KEY)} OMP_WAIT_POLICY=PASSIVE $(BIN)/nba serve
 
 ## The test suite (what CI runs). Tests needing Redis/PostgreSQL skip when those are absent,

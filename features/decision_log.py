@@ -9,7 +9,10 @@ start with the raw contract's ``actions`` table (so that outcomes joined later r
   action; its ``policy`` is then ``random``, as the contract says of exploration), ``candidates``
   (``;``-joined), ``context`` (the request's context as JSON; no PII beyond ``customer_id``),
   ``features_found`` (the online store knew the customer) and ``latency_ms`` (handler time;
-  for a batch, the time to decide the whole batch);
+  for a batch, the time to decide the whole batch), ``intended_action`` (the action the policy
+  chose before the global control group withheld it: equal to ``action`` outside the group, and
+  for a member, whose ``policy`` is ``holdout``, the action it would have got; ``none`` when
+  degraded; null in logs written before it existed);
 * per action ``a``: ``uplift_<a>``, ``value_<a>`` (expected net value), ``eligible_<a>`` and
   ``blocked_by_<a>`` (``;``-joined rule names);
 * the feature snapshot: ``f_<name>`` for every ``schema.MODEL_FEATURES`` input, as the model
@@ -81,6 +84,7 @@ DECISION_SCHEMA: Final = pa.schema(
         ("context", pa.string()),
         ("features_found", pa.bool_()),
         ("latency_ms", pa.float64()),
+        ("intended_action", pa.string()),
         *[(f"uplift_{a}", pa.float64()) for a in ACTIONS],
         *[(f"value_{a}", pa.float64()) for a in ACTIONS],
         *[(f"eligible_{a}", pa.bool_()) for a in ACTIONS],

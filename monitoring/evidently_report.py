@@ -40,6 +40,10 @@ from monitoring.drift import BLOCKED_COLUMNS, DriftConfig
 
 #: Tag on every snapshot, so that dashboard panels select ours.
 SNAPSHOT_TAG: Final = "nba-drift"
+#: Tag of ``nba impact``'s snapshots (their own panels, beside the drift ones).
+IMPACT_TAG: Final = "nba-impact"
+#: Title of the first impact panel: present means the project already has them.
+IMPACT_TITLE: Final = "nba impact: incremental net value per decision against the control group"
 
 
 @dataclass
@@ -291,7 +295,8 @@ def add_to_workspace(
     workspace: Path, project_name: str, run: EvidentlyRun, description: str = ""
 ) -> str:
     """Add the run's snapshot to the project ``project_name`` of a local workspace (created
-    with its dashboard if missing); returns the snapshot id."""
+    with its dashboard if missing; the impact panels are added once an impact run arrives);
+    returns the snapshot id."""
     from evidently.ui.workspace import Workspace
 
     workspace.mkdir(parents=True, exist_ok=True)
@@ -302,6 +307,10 @@ def add_to_workspace(
     else:
         project = ws.create_project(project_name, description=description or None)
         _add_dashboard(project)
+    if run.undrawn == IMPACT_RUN and IMPACT_TITLE not in [
+        p.title for p in project.dashboard.model().panels
+    ]:
+        _add_impact_panels(project)
     ref = ws.add_run(project.id, run.snapshot, include_data=False)
     return str(ref.id)
 
@@ -374,5 +383,87 @@ def _add_dashboard(project: Any) -> None:
         line_plot_panel(
             title="Guardrail block rate per action",
             values=[metric("MeanValue", a, column=f"blocked_{a}") for a in ACTIONS],
+        )
+    )
+
+
+# --------------------------------------------------------------------------- impact
+
+#: ``EvidentlyRun.undrawn`` of an impact run (it has no drift widgets to hide).
+IMPACT_RUN: Final = frozenset({"impact"})
+
+
+def impact_run(summary: Mapping[str, Any]) -> EvidentlyRun:
+    """An Evidently snapshot of ``nba impact``'s figures, for the workspace dashboard.
+
+    The figures are already estimated (``monitoring.impact``): the snapshot holds them as a
+    one-row dataset (``impact_per_decision``, its interval bounds, ``impact_<action>``) and one
+    ``MeanValue`` each, the form the dashboard plots over time (x: the window's end).
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue
+
+    overall = summary["incremental_net_value_per_decision"]
+    row: dict[str, float] = {
+        "impact_per_decision": overall["estimate"],
+        "impact_ci_low": overall["ci95"][0],
+        "impact_ci_high": overall["ci95"][1],
+        "decisions": float(summary["decisions"]),
+        "holdout_decisions": float(summary["holdout_decisions"]),
+    }
+    for action, block in summary["by_action"].items():
+        row[f"impact_{action}"] = block["incremental_net_value_per_decision"]["estimate"]
+    row = {k: float("nan") if v is None else float(v) for k, v in row.items()}
+    frame = pd.DataFrame([row])
+    meta = {"window_start": summary["window"]["start"], "window_end": summary["window"]["end"]}
+    report = Report([MeanValue(column=c) for c in row], metadata=meta, tags=[IMPACT_TAG])
+    dataset = Dataset.from_pandas(
+        frame, data_definition=DataDefinition(numerical_columns=list(row))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        snapshot = report.run(dataset, None, timestamp=_timestamp(meta))
+    return EvidentlyRun(snapshot, {}, IMPACT_RUN)
+
+
+def _add_impact_panels(project: Any) -> None:
+    """Impact over time beside the drift panels: per decision with its interval, per action."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel, text_panel
+
+    def metric(column: str, legend: str) -> PanelMetric:
+        return PanelMetric(legend=legend, metric="evidently:metric_v2:MeanValue",
+                           metric_labels={"column": column}, tags=[IMPACT_TAG])  # fmt: skip
+
+    dash = project.dashboard
+    dash.add_panel(text_panel(title=IMPACT_TITLE))
+    dash.add_panel(
+        counter_panel(
+            title="Incremental net value per decision (last window)",
+            values=[metric("impact_per_decision", "per decision")],
+            size="half",
+        )
+    )
+    dash.add_panel(
+        counter_panel(
+            title="Decisions in the control group (last window)",
+            values=[metric("holdout_decisions", "control group")],
+            size="half",
+        )
+    )
+    dash.add_panel(
+        line_plot_panel(
+            title="Incremental net value per decision, with its 95% interval",
+            values=[
+                metric("impact_per_decision", "estimate"),
+                metric("impact_ci_low", "95% low"),
+                metric("impact_ci_high", "95% high"),
+            ],
+        )
+    )
+    dash.add_panel(
+        line_plot_panel(
+            title="Incremental net value per decision, by action",
+            values=[metric(f"impact_{a}", a) for a in ACTIONS if a != "none"],
         )
     )

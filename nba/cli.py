@@ -419,7 +419,13 @@ def score(
         stored = adapter.historical(entity_frame_of(requests))
         stage("deciding")
         result = run_score(
-            model, rules, requests, stored, history=past, costs=settings.action_costs()
+            model,
+            rules,
+            requests,
+            stored,
+            history=past,
+            costs=settings.action_costs(),
+            holdout=settings.holdout(),
         )
     _write_table(result, out)
     mix = result["action"].value_counts(normalize=True)
@@ -697,6 +703,11 @@ def main() -> None:
         # nba drift's input errors carry their own codes (empty window, missing columns, ...).
         sys.exit(getattr(exc, "exit_code", 2))
 
+
+# ``nba outcomes`` and ``nba impact`` (nba/cli_impact.py).
+from nba import cli_impact  # noqa: E402
+
+cli_impact.register(app, _quiet, CliError, _parse_time)
 
 if __name__ == "__main__":
     main()

@@ -7,11 +7,25 @@ of visit kinds stays that of the training decisions. ``replay`` decides at those
 service would (point-in-time features, the model, guardrails, arbitration; ``serving.score``)
 and returns rows in the decision log's layout (``features.decision_log.DECISION_SCHEMA``), to be
 written with ``write_part``. The live service adds exploration, latency and degraded answers;
-replayed rows have none of them.
+replayed rows have none of them. With a ``serving.holdout.Holdout``, the global control group is
+decided as the service decides it (``policy = holdout``, ``intended_action``).
+
+``act_out`` draws what the replayed decisions caused, from the simulator's causal model (the
+customers' latent traits are redrawn from the world's configuration: same seed, same draws):
+conversion bookings and unsubscribes added to the world, so that ``nba outcomes`` and
+``nba impact`` find them in the raw tables. Replayed decisions do not see each other's
+consequences (features are those of the world before them).
+
+``python -m nba.replay`` runs both for ``make demo``: a decision log of the weeks before the
+last outcome horizon, with their consequences written into the raw folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +35,18 @@ from features import schema
 from features.build import build_features
 from features.contract import ACTIONS, RawData
 from features.decision_log import DECISION_SCHEMA, FEATURE_PREFIX
-from features.derive import derive_features
-from nba.simulate import DAY_NS, SimulationConfig
+from features.derive import derive_columns, derive_features
+from nba.simulate import (
+    DAY_NS,
+    SimulationConfig,
+    _conversion_bookings,
+    _customers,
+    _decision_unsubscribes,
+    causal_model,
+    cust_traits,
+)
 from serving.guardrails import RuleSet
+from serving.holdout import Holdout, policy_label
 from serving.score import score
 from training.value import ActionCosts
 
@@ -87,6 +110,7 @@ def replay(
     costs: ActionCosts | None = None,
     model_version: str = "replay",
     id_prefix: str = "r",
+    holdout: Holdout | None = None,
 ) -> pd.DataFrame:
     """Decision-log rows (every ``DECISION_SCHEMA`` column) for ``points`` of ``world``."""
     requests = points.reset_index(drop=True).assign(
@@ -96,10 +120,11 @@ def replay(
         {schema.ENTITY: requests["customer_id"], schema.EVENT_TIMESTAMP: requests["decided_at"]}
     )
     stored = build_features(world, entity)
-    scored = score(model, rules, requests, stored, costs=costs)
+    scored = score(model, rules, requests, stored, costs=costs, holdout=holdout)
     derived = derive_features(stored.reset_index(drop=True), requests["decided_at"])
-    out = scored.assign(
-        policy=model_version,
+    policies = [policy_label(m, False, model_version) for m in scored["holdout"].tolist()]
+    out = scored.drop(columns=["holdout"]).assign(
+        policy=policies,
         channel="web",
         model_version=model_version,
         degraded=False,
@@ -112,3 +137,98 @@ def replay(
     for name in schema.MODEL_FEATURES:
         out[FEATURE_PREFIX + name] = derived[name].astype(np.float64).to_numpy()
     return out[list(DECISION_SCHEMA.names)]
+
+
+def act_out(
+    world: RawData, config: SimulationConfig, rows: pd.DataFrame, *, seed: int = 0
+) -> tuple[RawData, pd.DataFrame]:
+    """``world`` with the bookings and unsubscribes the decisions ``rows`` caused, and the
+    truth of every decision (``p_convert_<a>``, ``revenue_<a>``, ``p_unsubscribe_<a>``).
+
+    ``config`` must be the one ``world`` was simulated with (its customers' latent traits are
+    drawn again from it); outcomes follow the simulator's causal model (``docs/simulator.md``).
+    """
+    rng = np.random.default_rng(config.seed)
+    end_ns = pd.Timestamp(config.end).tz_convert("UTC").floor("s").value
+    cust = _customers(config, rng, end_ns - config.days * DAY_NS)
+    owner = pd.Index(cust.ids).get_indexer(rows["customer_id"])
+    if (owner < 0).any():
+        raise ValueError("act_out: decisions for customers the world does not have")
+    decided = pd.to_datetime(rows["decided_at"], utc=True)
+    feats = build_features(
+        world,
+        pd.DataFrame(
+            {
+                schema.ENTITY: rows["customer_id"].to_numpy(),
+                schema.EVENT_TIMESTAMP: decided.to_numpy(),
+            }
+        ),
+    )
+    derived = derive_columns({c: feats[c] for c in feats.columns}, decided.to_numpy())
+    truth = causal_model(cust_traits(cust, owner), feats, derived)
+    draw = np.random.default_rng(seed)
+    column = pd.Index(ACTIONS).get_indexer(rows["action"])
+    n = np.arange(len(rows))
+    p_conv = np.column_stack([truth[f"p_convert_{a}"] for a in ACTIONS])[n, column]
+    p_unsub = np.column_stack([truth[f"p_unsubscribe_{a}"] for a in ACTIONS])[n, column]
+    converted = draw.random(len(rows)) < p_conv
+    fare = cust.typical_fare[owner] * draw.lognormal(-0.045, 0.3, len(rows))
+    revenue = np.where(converted, np.round(fare, 2), 0.0)
+    unsubscribed = draw.random(len(rows)) < p_unsub
+    t_ns = decided.to_numpy("datetime64[ns]").astype(np.int64)
+    bookings = _conversion_bookings(draw, cust, owner, t_ns, converted, revenue, world.bookings)
+    email = _decision_unsubscribes(draw, cust, owner, t_ns, unsubscribed, world.email_events)
+    truth.insert(0, "decision_id", rows["decision_id"].to_numpy(object))
+    return dataclasses.replace(world, bookings=bookings, email_events=email), truth
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``make demo``'s replay: decisions of the champion, with the control group, in the weeks
+    before the last outcome horizon of a simulated world, and their consequences."""
+    from features.contract import load_raw, write_raw
+    from features.decision_log import write_part
+    from nba.settings import load_settings
+    from serving.guardrails import load_rules
+    from training.tracking import Tracker
+
+    parser = argparse.ArgumentParser(prog="python -m nba.replay", description=main.__doc__)
+    parser.add_argument("--raw", required=True, help="the simulated world's raw folder")
+    parser.add_argument("--customers", type=int, required=True, help="as given to nba simulate")
+    parser.add_argument("--seed", type=int, required=True, help="as given to nba simulate")
+    parser.add_argument("--end", required=True, help="as given to nba simulate (ISO 8601)")
+    parser.add_argument("--days", type=int, default=365, help="as given to nba simulate")
+    parser.add_argument("--weeks", type=int, default=8, help="weeks of decisions to replay")
+    parser.add_argument("--intensity", type=float, default=1.0, help="visits, x the simulator's")
+    parser.add_argument("--log-dir", help="the replay's own decision log, replaced on each run "
+                        "[logs/replay in the workspace]")  # fmt: skip
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    # Its own folder, not the service's log: a rerun (a new world with the same customer ids)
+    # replaces it rather than mixing two worlds' decisions.
+    log_dir = Path(args.log_dir) if args.log_dir else settings.workspace / "logs" / "replay"
+    if log_dir.is_dir():
+        shutil.rmtree(log_dir)
+    config = SimulationConfig(end=pd.Timestamp(args.end), customers=args.customers,
+                              days=args.days, seed=args.seed)  # fmt: skip
+    world = load_raw(args.raw)
+    end = pd.Timestamp(args.end).tz_convert("UTC") - pd.Timedelta(days=config.outcome_days)
+    start = end - pd.Timedelta(weeks=args.weeks)
+    tracker = Tracker(settings.mlflow_tracking_uri,
+                      artifact_location=settings.mlflow_artifact_location,
+                      experiment=settings.mlflow_experiment)  # fmt: skip
+    model = tracker.load()
+    points = visit_points(world, start, end, intensity=args.intensity, seed=args.seed)
+    rows = replay(world, points, model, load_rules(settings.guardrails),
+                  costs=settings.action_costs(), model_version="replay",
+                  holdout=settings.holdout())  # fmt: skip
+    write_part(log_dir, rows.to_dict("records"), DECISION_SCHEMA, "decided_at", 0)
+    world, _ = act_out(world, config, rows, seed=args.seed)
+    write_raw(world, args.raw)
+    held = int((rows["policy"] == "holdout").sum())
+    print(f"replayed {len(rows):,} decisions ({held:,} in the control group) from "
+          f"{start:%Y-%m-%d} to {end:%Y-%m-%d} into {log_dir}; their "
+          f"bookings and unsubscribes added to {args.raw}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

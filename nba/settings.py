@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from features.store import FeastAdapter
     from memory.ledger import Memory
     from monitoring.drift import DriftConfig
+    from serving.holdout import Holdout
 
 from nba import workspace
 from training.value import ActionCosts
@@ -44,6 +45,7 @@ PATH_FIELDS = (
     "model_path",
     "drift_report_dir",
     "evidently_workspace",
+    "impact_report_dir",
 )
 _SQLITE = "sqlite:///"
 
@@ -302,6 +304,35 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long each worker waits for the requests in flight to be "
         "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
     )
+    holdout_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of customers in the global control group (serving.holdout): chosen "
+        "by a salted hash of customer_id, they never get a marketing action, so `nba impact` "
+        "can measure what the decisions earn. 0: no control group (no impact measurement).",
+    )
+    holdout_salt: str = Field(
+        default="nba-holdout",
+        description="Salt of the control group's hash. Changing it draws a new group: do it "
+        "only between measurement periods.",
+    )
+    holdout_service: bool = Field(
+        default=True,
+        description="Whether control-group customers still get service actions "
+        "(apology_credit); marketing actions (promo, recognition) are always withheld.",
+    )
+    impact_horizon_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Days after a decision over which its outcome is observed (nba outcomes, "
+        "nba impact); the raw contract's outcomes use 30.",
+    )
+    impact_report_dir: Path = Field(
+        default=Path("reports/impact"),
+        description="Where nba impact writes its HTML report and JSON summary.",
+    )
 
     memory_url: str = Field(
         default="sqlite:///data/memory.db",
@@ -392,6 +423,12 @@ class Settings(BaseSettings):
     def action_costs(self) -> ActionCosts:
         """The value model's costs (raw-data contract defaults unless configured)."""
         return ActionCosts.of(self)
+
+    def holdout(self) -> Holdout:
+        """The global control group (``serving.holdout``)."""
+        from serving.holdout import Holdout
+
+        return Holdout(self.holdout_share, self.holdout_salt, self.holdout_service)
 
     def drift_config(self) -> DriftConfig:
         """Thresholds and sampling of ``nba drift``."""

@@ -201,6 +201,10 @@ class DecideResponse(BaseModel):
         description="False for a customer with no history on record (a new visitor): decided "
         "on defaults, and blocked_by names only the rules that apply to one.",
     )
+    holdout: bool = Field(
+        description="The customer is in the global control group: no marketing action "
+        "(`policy = holdout` in the decision log; `nba impact` measures against them)."
+    )
 
 
 class DecideBatchRequest(BaseModel):

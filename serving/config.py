@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from serving.holdout import Holdout
 from training.value import ActionCosts
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class ServiceSettings(BaseModel):
     log_fsync: bool
     shutdown_grace_seconds: int
     memory_url: str
+    holdout_share: float
+    holdout_salt: str
+    holdout_service: bool
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:
@@ -85,6 +89,10 @@ class ServiceSettings(BaseModel):
         from memory.store import Database
 
         return Memory(Database(self.memory_url, timeout=self.request_timeout_seconds))
+
+    def holdout(self) -> Holdout:
+        """The global control group of these settings."""
+        return Holdout(self.holdout_share, self.holdout_salt, self.holdout_service)
 
     def feast_adapter(self) -> FeastAdapter:
         """The Feast adapter of these settings."""

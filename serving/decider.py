@@ -15,7 +15,9 @@ Per request:
    history, ``apology_budget_left`` from the pacer);
 4. arbitration with optional exploration (``serving.policy.arbitrate``); a chosen apology credit
    takes one from the budget (re-arbitrated without it if a concurrent request took the last);
-   a chosen promo is recorded in the shared history before the answer leaves;
+   a chosen promo is recorded in the shared history before the answer leaves; a customer of the
+   global control group (``serving.holdout``) is decided again without marketing actions, and
+   the log keeps the action the policy intended (``intended_action``, ``policy = holdout``);
 5. reasons when asked (``serving.explain``); one decision-log row queued for the writer.
 
 Store calls: one decision is written once, as ``_steps``, a generator that yields its store
@@ -58,6 +60,7 @@ from serving import explain, guardrails
 from serving.guardrails import RuleSet
 from serving.history import COUNTS, Contact, ContactHistory, contact_counts
 from serving.history import micros as _micros
+from serving.holdout import HOLDOUT_REASON, HOLDOUT_RULE, Holdout, policy_label
 from serving.policy import (
     NONE,
     DailyBudget,
@@ -210,6 +213,7 @@ class Decider:
         rng: exploration draws.
         clock: the current time (tz-aware).
         top_contributions: feature contributions listed with ``explain``.
+        holdout: the global control group (``serving.holdout``); None: nobody is held out.
     """
 
     def __init__(
@@ -231,6 +235,7 @@ class Decider:
         log_columns: Callable[[LogColumns, int], None] | None = None,
         read_context: ContextReader | None = None,
         apologies: Apologies | None = None,
+        holdout: Holdout | None = None,
     ) -> None:
         if BUDGET_RULE not in rules.names:
             raise guardrails.GuardrailError(
@@ -256,6 +261,7 @@ class Decider:
         self._rng = rng or random.Random()
         self._clock = clock
         self.top_contributions = top_contributions
+        self.holdout = holdout
         self._last_warned: dict[str, float] = {}
         if model is not None:
             self._names: list[str] = list(model.estimator.feature_names_)
@@ -445,29 +451,31 @@ class Decider:
         """One decision as a generator of its store operations (sans-IO).
 
         Yields ``(_READ, customer_id, now)`` (answer: stored features and, when read with them,
-        ``(promos_7d, apology_budget_left)``), ``(_TAKE,)`` once an apology credit is chosen
-        (answer: whether the budget granted it) and ``(_ADD_PROMO, customer_id, now)`` once a
-        promo is chosen; returns the response. A failed operation is thrown in: a failed read
-        degrades the decision, a refused or failed credit re-decides without it, and a promo
-        that cannot be recorded is not given (answer ``none``, degraded: the frequency cap
-        could not see it).
+        ``(recent contacts, apology_budget_left)``), for a chosen apology credit ``(_CLAIM,
+        ...)`` (the experience's one-shot claim), ``(_TAKE,)`` (whether the budget granted it)
+        and ``(_GRANTED, ...)`` or ``(_RELEASE, ...)``, and ``(_ADD_CONTACT, customer_id, now,
+        action, channel)`` once an action is chosen; returns the response. A failed operation
+        is thrown in: a failed read degrades the decision, a refused or failed credit
+        re-decides without it, and an action that cannot be recorded is not given (answer
+        ``none``, degraded: the contact caps could not see it).
         """
         started = time.perf_counter()
         now = self._clock()
+        member = self.holdout is not None and self.holdout.contains(request.customer_id)
         try:
             stored, server_side = yield (_READ, request.customer_id, now)
         except Exception as error:
             return self._degraded(request, now, f"feature store unavailable: {_brief(error)}",
-                                  started)  # fmt: skip
+                                  started, member=member)  # fmt: skip
         row = {**stored, **derive_row(stored, now)}
         found = stored.get("marketing_opt_in") is not None
         if self.model is None:
-            return self._degraded(request, now, "no model loaded", started, row, found)
+            return self._degraded(request, now, "no model loaded", started, row, found, member)
         try:
             value_row, uplift_row = self._score_one(self._vector(row))
         except Exception as error:
             return self._degraded(request, now, f"model failed: {_brief(error)}", started,
-                                  row, found)  # fmt: skip
+                                  row, found, member)  # fmt: skip
         values = dict(zip(ACTIONS, value_row.tolist(), strict=True))
         uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
 
@@ -484,9 +492,9 @@ class Decider:
             contacts, row["apology_budget_left"] = server_side
         row.update(contact_counts(contacts, now, request.channel))
         blocked = guardrails.evaluate(self.rules, row)
-        decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon, self._rng)
+        decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
+        key = apology_key(row)
         if decision.action == "apology_credit" and self.apologies is not None:
-            key = apology_key(row)
             try:
                 claimed = yield (_CLAIM, request.customer_id, key, now)
             except Exception as error:  # fail closed: no credit rather than a second one
@@ -496,8 +504,7 @@ class Decider:
                 # This experience was compensated by another decision (worker, host, channel).
                 row["compensated_since_last_negative"] = True
                 blocked = guardrails.evaluate(self.rules, row)
-                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
-                                     self._rng)  # fmt: skip
+                decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
         if decision.action == "apology_credit":
             try:
                 granted = yield (_TAKE,)
@@ -514,11 +521,11 @@ class Decider:
                     self._warn("claims", f"apology not recorded: {_brief(error)}")
                     granted = False
             if not granted:
-                # A concurrent request took the last credit of the pace: decide again without.
+                # A concurrent request took the last credit of the pace: decide again without
+                # (the policy would have been refused it too).
                 row["apology_budget_left"] = 0
                 blocked = guardrails.evaluate(self.rules, row)
-                decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
-                                     self._rng)  # fmt: skip
+                decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
         if decision.action != NONE:
             try:
                 yield (_ADD_CONTACT, request.customer_id, now, decision.action, request.channel)
@@ -526,15 +533,35 @@ class Decider:
                 row.update(read_as)
                 return self._degraded(request, now,
                                       f"contact history unavailable: {_brief(error)}",
-                                      started, row, found)  # fmt: skip
+                                      started, row, found, member)  # fmt: skip
 
         reasons: list[str] = []
         if request.explain:
             reasons = self._reasons(request, row, found, decision, blocked)
+            if member:
+                reasons.append(HOLDOUT_REASON)
         row.update(read_as)
-        response = _response(request, decision, reasons, self.model, False, found)
-        self._write_log(request, now, decision, response, row, found, None, started)
+        response = _response(request, decision, reasons, self.model, False, found, member)
+        self._write_log(request, now, decision, response, row, found, None, started, intended)
         return response
+
+    def _arbitrate(
+        self,
+        values: Mapping[str, float],
+        uplifts: Mapping[str, float],
+        blocked: Mapping[str, Sequence[str]],
+        request: Request,
+        member: bool,
+    ) -> tuple[Decision, str]:
+        """The decision, and the action the policy intended: for the global control group the
+        intended one is kept for the log, then marketing is withheld and the rest re-ranked."""
+        decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
+                             self._rng)  # fmt: skip
+        if not member:
+            return decision, decision.action
+        assert self.holdout is not None
+        held = arbitrate(values, uplifts, self.holdout.block(blocked), request.candidates)
+        return held, decision.action
 
     def _reasons(
         self,
@@ -575,7 +602,10 @@ class Decider:
         started: float,
         row: Mapping[str, Any] | None = None,
         found: bool = False,
+        member: bool | None = None,
     ) -> dict[str, Any]:
+        if member is None:
+            member = self.holdout is not None and self.holdout.contains(request.customer_id)
         self._warn(reason.split(":")[0], f"degraded decision: {reason}")
         ranking = tuple(
             Ranked(a, a == NONE, 0.0 if a == NONE else math.nan, 0.0 if a == NONE else math.nan, ())
@@ -583,8 +613,9 @@ class Decider:
         )
         decision = Decision(NONE, 1.0, ranking, False)
         reasons = [f"degraded: {reason}; answering the safe action"] if request.explain else []
-        response = _response(request, decision, reasons, self.model, True, found)
-        self._write_log(request, now, decision, response, row or {}, found, reason, started)
+        response = _response(request, decision, reasons, self.model, True, found, member)
+        self._write_log(request, now, decision, response, row or {}, found, reason, started,
+                        NONE)  # fmt: skip
         return response
 
     def _write_log(
@@ -597,6 +628,7 @@ class Decider:
         found: bool,
         degraded_reason: str | None,
         started: float,
+        intended: str,
     ) -> None:
         if self._log is None:
             return
@@ -606,9 +638,10 @@ class Decider:
             "customer_id": request.customer_id,
             "decided_at": now,
             "action": decision.action,
-            "policy": "random" if decision.explored else (version or "none"),
+            "policy": policy_label(response["holdout"], decision.explored, version),
             "propensity": decision.propensity,
             "channel": request.channel,
+            "intended_action": intended,
             "model_version": version,
             "degraded": degraded_reason is not None,
             "degraded_reason": degraded_reason,
@@ -696,6 +729,15 @@ class _Batch:
         self.chosen = np.zeros(n, dtype=np.int64)
         self.propensity = np.ones(n)
         self.explored = np.zeros(n, dtype=bool)
+        # The global control group (``serving.holdout``): members' intended action is kept,
+        # then their withheld actions are blocked and the choice made again, greedily.
+        self.intended = np.zeros(n, dtype=np.int64)
+        if decider.holdout is not None:
+            self.member = decider.holdout.members(r.customer_id for r in requests)
+            self.withheld = decider.holdout.withheld_mask()
+        else:
+            self.member = np.zeros(n, dtype=bool)
+            self.withheld = np.zeros(len(ACTIONS), dtype=bool)
         self._rng = np.random.default_rng(decider._rng.getrandbits(64))
         self._decide(np.arange(n))
 
@@ -715,6 +757,18 @@ class _Batch:
         chosen, propensity, explored = choose(
             self.values[rows], eligible, self.decider.epsilon, self._rng
         )
+        self.intended[rows] = chosen
+        held = self.member[rows]
+        if held.any():
+            eligible[held] &= ~self.withheld
+            chosen[held], propensity[held], explored[held] = choose(
+                self.values[rows][held], eligible[held], 0.0, self._rng
+            )
+            for j in np.flatnonzero(held).tolist():
+                blocked_by[j] = [
+                    (*rules, HOLDOUT_RULE) if self.withheld[c] else rules
+                    for c, rules in enumerate(blocked_by[j])
+                ]
         self.eligible[rows] = eligible
         self.chosen[rows], self.propensity[rows], self.explored[rows] = (
             chosen, propensity, explored)  # fmt: skip
@@ -853,9 +907,10 @@ class _Batch:
                 "model_version": version,
                 "degraded": False,
                 "known_customer": bool(self.known[i]),
+                "holdout": member,
             }
-            for i, (decision_id, request, action) in enumerate(
-                zip(self.decision_ids, self.requests, chosen, strict=True)
+            for i, (decision_id, request, action, member) in enumerate(
+                zip(self.decision_ids, self.requests, chosen, self.member.tolist(), strict=True)
             )
         ]
         for i in restricted:
@@ -896,7 +951,10 @@ class _Batch:
         blocked = {ACTIONS[c]: self.blocked_by[i][c] for c in range(len(ACTIONS))
                    if self.blocked_by[i][c]}  # fmt: skip
         found = bool(self.columns.present["marketing_opt_in"][i])
-        return self.decider._reasons(request, self.row(i), found, decision, blocked)
+        out = self.decider._reasons(request, self.row(i), found, decision, blocked)
+        if self.member[i]:
+            out.append(HOLDOUT_REASON)
+        return out
 
     def log_columns(self, responses: Sequence[Mapping[str, Any]], latency_ms: float
                     ) -> dict[str, Any]:  # fmt: skip
@@ -910,9 +968,13 @@ class _Batch:
             "customer_id": [r.customer_id for r in self.requests],
             "decided_at": [self.now] * n,
             "action": [ACTIONS[c] for c in self.chosen.tolist()],
-            "policy": ["random" if e else (version or "none") for e in self.explored.tolist()],
+            "policy": [
+                policy_label(m, e, version)
+                for m, e in zip(self.member.tolist(), self.explored.tolist(), strict=True)
+            ],
             "propensity": self.propensity,
             "channel": self.channels.tolist(),
+            "intended_action": [ACTIONS[c] for c in self.intended.tolist()],
             "model_version": [version] * n,
             "degraded": np.zeros(n, dtype=bool),
             "degraded_reason": [None] * n,
@@ -987,6 +1049,7 @@ def _response(
     model: LoadedModel | None,
     degraded: bool,
     known: bool,
+    holdout: bool = False,
 ) -> dict[str, Any]:
     """The contract's response body."""
     return {
@@ -1007,4 +1070,5 @@ def _response(
         "model_version": model.version if model is not None else None,
         "degraded": degraded,
         "known_customer": known,
+        "holdout": holdout,
     }

@@ -109,6 +109,10 @@ it), 503 starting, or an event the store could not take (not applied).
 
 **Never fails open.** When features or the model cannot be read, `/decide` answers `none` with
 `degraded: true`.
+
+**Global control group.** A stable share of customers (`NBA_HOLDOUT_SHARE`, by a salted hash of
+`customer_id`) never gets a marketing action; their answers say `holdout: true`, and `nba impact`
+measures what the decisions earn against them.
 """
 #: Request and answer examples of the decision routes (the contract's).
 EXAMPLES: Final[dict[str, dict[str, Any]]] = {

@@ -303,6 +303,7 @@ class Runtime:
             log_columns=decision_writer.append_columns,
             epsilon=settings.explore_epsilon,
             rng=random.Random(),
+            holdout=settings.holdout(),
         )
         runtime = cls(decider, adapter, reader, decision_writer, event_writer, memory,
                       problems, decision_io, breaker)  # fmt: skip

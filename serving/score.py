@@ -16,6 +16,7 @@ from features.derive import derive_features
 from serving.decider import Decider, Request
 from serving.guardrails import CHANNELS, RuleSet
 from serving.history import COUNTS, MARKETING
+from serving.holdout import Holdout
 from serving.policy import ACTIONS, arbitrate_batch, evaluate_batch
 from training.value import ActionCosts, expected_value
 
@@ -104,12 +105,15 @@ def score(
     *,
     history: pd.DataFrame | None = None,
     costs: ActionCosts | None = None,
+    holdout: Holdout | None = None,
 ) -> pd.DataFrame:
     """Per-action uplift and expected value, guardrails, and the chosen action per request.
 
     ``stored`` holds the ``schema.STORED`` features of each request row (point in time). A row
     without features (an unknown customer) is decided on defaults with guardrails applied,
-    which fail closed.
+    which fail closed. With ``holdout``, members of the global control group are decided as the
+    service decides them (``serving.holdout``): ``holdout`` True, the withheld actions blocked,
+    and ``intended_action`` the action they would have got (everyone else: the action).
     """
     costs = costs or ActionCosts()
     features = derive_features(stored.reset_index(drop=True), requests["decided_at"])
@@ -129,6 +133,19 @@ def score(
     )
     mask, blocked_by = evaluate_batch(rules, context)
     chosen, propensity = arbitrate_batch(values, mask)
+    intended = chosen.copy()
+    member = np.zeros(len(requests), dtype=bool)
+    if holdout is not None:
+        member = holdout.members(requests["customer_id"].astype(str))
+        if member.any():
+            held_mask = mask[member] | holdout.withheld_mask()
+            chosen[member], propensity[member] = arbitrate_batch(values[member], held_mask)
+            mask[member] = held_mask
+            for i in np.flatnonzero(member).tolist():
+                blocked_by[i] = [
+                    (*rules, "holdout") if a in holdout.withheld else rules
+                    for a, rules in zip(ACTIONS, blocked_by[i], strict=True)
+                ]
 
     out = pd.DataFrame(
         {
@@ -137,6 +154,8 @@ def score(
             "decided_at": requests["decided_at"].to_numpy(),
             "action": chosen,
             "propensity": propensity,
+            "holdout": member,
+            "intended_action": intended,
         }
     )
     for j, action in enumerate(ACTIONS):

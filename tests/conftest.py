@@ -154,6 +154,24 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test module's own customer memory (``NBA_MEMORY_URL``), for the commands and
+    services it starts: the default is the workspace's ``data/memory.db``, which the repository
+    (a workspace itself) would share between modules and between runs. A test that sets the
+    variable itself (a PostgreSQL memory) still wins."""
+    import os
+
+    folder = tmp_path_factory.mktemp("memory")
+    previous = os.environ.get("NBA_MEMORY_URL")
+    os.environ["NBA_MEMORY_URL"] = f"sqlite:///{folder / 'memory.db'}"
+    yield
+    if previous is None:
+        os.environ.pop("NBA_MEMORY_URL", None)
+    else:
+        os.environ["NBA_MEMORY_URL"] = previous
+
+
 class FakeClock:
     """A clock for injected ``clock=`` arguments: returns ``now``, which a test moves."""
 

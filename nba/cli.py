@@ -521,106 +521,6 @@ def serve(
     os.execve(sys.executable, command, env)
 
 
-@app.command()
-@_quiet
-def drift(
-    since: Annotated[
-        str | None, typer.Option(help="Window ending now: 7d, 24h, 2w, 90m (default 7d).")
-    ] = None,
-    start: Annotated[
-        str | None, typer.Option(help="Window start (ISO 8601 with offset), with --end.")
-    ] = None,
-    end: Annotated[str | None, typer.Option(help="Window end (ISO 8601); default now.")] = None,
-    log_dir: Annotated[
-        Path | None, typer.Option("--log-dir", help="Decision log folder [NBA_DECISION_LOG_DIR].")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Report folder [NBA_DRIFT_REPORT_DIR].")
-    ] = None,
-    model: Annotated[
-        str, typer.Option(help="Reference: the training run of this version or alias.")
-    ] = "champion",
-    reference: Annotated[
-        Path | None,
-        typer.Option(help="A reference Parquet file instead of the model's (same columns)."),
-    ] = None,
-    mlflow: Annotated[
-        bool, typer.Option("--mlflow/--no-mlflow", help="Log the run to MLflow.")
-    ] = True,
-    workspace: Annotated[
-        bool,
-        typer.Option("--workspace/--no-workspace", help="Snapshot to the Evidently workspace."),
-    ] = True,
-) -> None:
-    """Drift report over the decision log against the champion's training data.
-
-    Data drift per feature, prediction drift per action, the action mix,
-    guardrail block rates and the degraded share: an Evidently HTML report
-    (drifted features first) and a JSON summary in --out, also logged to
-    MLflow and added to the Evidently workspace.
-
-    Exit codes: 0 no drift past the thresholds, 3 drift past the thresholds
-    (NBA_DRIFT_*), 4 no decisions in the window, 5 the window lacks columns,
-    6 no reference, 7 too few decisions to judge (fewer than NBA_DRIFT_MIN_ROWS,
-    default 200: the report and summary are written, nothing alerts), 2 other
-    bad input.
-    """
-    from monitoring.evidently_report import EvidentlyDrift
-    from monitoring.job import parse_since, reference_from_file, reference_from_model, run_job
-    from training.tracking import Tracker
-
-    settings = load_settings()
-    if since is not None and (start is not None or end is not None):
-        raise CliError("--since: use either --since or --start/--end, not both")
-    if start is None and end is not None:
-        raise CliError("--end: needs --start (or use --since)")
-    if start is not None:
-        lo, hi = _parse_time(start, "--start"), _parse_time(end, "--end")
-    else:
-        hi = _parse_time(None, "--end")
-        lo = hi - parse_since(since or "7d")
-    if lo >= hi:
-        raise CliError(f"--start: {lo.isoformat()} is not before --end {hi.isoformat()}")
-    version: int | str = int(model) if model.isdigit() else model
-
-    def tracker(experiment: str) -> Tracker:
-        return Tracker(
-            settings.mlflow_tracking_uri,
-            artifact_location=settings.mlflow_artifact_location,
-            experiment=experiment,
-        )
-
-    def load_reference() -> Any:
-        if reference is not None:
-            return reference_from_file(reference)
-        return reference_from_model(tracker(settings.mlflow_experiment), version)
-
-    project = f"nba {settings.environment}"
-    with output.Stages("drift", total=6 - (not mlflow) - (not workspace)) as stage:
-        job = run_job(
-            folder=log_dir or settings.decision_log_dir,
-            start=lo,
-            end=hi,
-            reference=load_reference,
-            config=settings.drift_config(),
-            out_dir=out or settings.drift_report_dir,
-            engine=EvidentlyDrift(),
-            tracker=tracker(settings.drift_experiment) if mlflow else None,
-            workspace=(settings.evidently_workspace, project) if workspace else None,
-            environment=settings.environment,
-            stage=stage,
-        )
-    report.print_drift(job.summary)
-    console.print(f"report: {job.html}\nsummary: {job.summary_file}")
-    if job.snapshot_id:
-        console.print(
-            f"workspace: {settings.evidently_workspace} (project {project!r}; "
-            f"`evidently ui --workspace {settings.evidently_workspace}`)"
-        )
-    if job.exit_code:
-        raise typer.Exit(job.exit_code)
-
-
 benchmark_app = typer.Typer(
     help="Benchmarks on public data.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -704,10 +604,10 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
 
 
-# ``nba outcomes`` and ``nba impact`` (nba/cli_impact.py).
-from nba import cli_impact  # noqa: E402
+# ``nba outcomes``, ``nba impact`` and ``nba drift`` (nba/cli_monitoring.py).
+from nba import cli_monitoring  # noqa: E402
 
-cli_impact.register(app, _quiet, CliError, _parse_time)
+cli_monitoring.register(app, _quiet, CliError, _parse_time)
 
 if __name__ == "__main__":
     main()

@@ -428,7 +428,8 @@ def test_bentoml_io_path_serves_the_contract_too(world: dict[str, Any]) -> None:
         )
         assert status == 200 and decision["action"] == "recognition", decision
         assert decision.keys() == {"decision_id", "customer_id", "action", "ranking", "reasons",
-                                   "model_version", "degraded", "known_customer", "holdout"}  # fmt: skip
+                                   "model_version", "degraded", "known_customer",
+                                   "holdout"}  # fmt: skip
         assert "crossed 1,000,000 miles yesterday" in decision["reasons"]
         complaint = world["ids"]["complaint"]
         status, batch = client.call(

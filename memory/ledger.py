@@ -422,24 +422,44 @@ class Memory:
             }
             for r in cases.itertuples(index=False)
         ]
-        numbered = (
-            flights.dropna(subset=["flight_number"])
-            if "flight_number" in flights
-            else flights.iloc[:0]
-        )
+        # flight_number is an optional column of the contract: an export may lack it.
+        numbered = flights.dropna(subset=["flight_number"]) if "flight_number" in flights else None
+        merged_ids = [row["case_id"] for row in rows]
         with self.db.begin() as tx:
             tx.execute(CASES.delete().where(CASES.c.opened_at.is_not(None)))
+            # A closing kept waiting for its opening gives way to the merged row of its case
+            # (``merge`` applied it there, or it arrived after the mark and is replayed below).
+            for start in range(0, len(merged_ids), 500):
+                tx.execute(
+                    CASES.delete().where(CASES.c.case_id.in_(merged_ids[start : start + 500]))
+                )
             if rows:
                 tx.execute(self.db.insert(CASES).on_conflict_do_nothing(), rows)
-            self.add_passengers(
-                tx,
-                zip(
-                    numbered["flight_number"].astype(str),
-                    numbered["customer_id"].astype(str),
-                    numbered["scheduled_at"],
-                    strict=True,
-                ),
-            )
+            # The case events that arrived after the mark (during the rebuild) are not in the
+            # merged export: apply them again over it, in arrival order, or an opening would be
+            # forgotten and a closing undone.
+            later = tx.execute(
+                sa.select(LEDGER.c.customer_id, LEDGER.c.type, LEDGER.c.ts, LEDGER.c.payload)
+                .where(
+                    LEDGER.c.seq > folded_seq,
+                    LEDGER.c.type.in_(("case_opened", "case_closed", "compensation_granted")),
+                )
+                .order_by(LEDGER.c.seq)
+            ).all()
+            for r in later:
+                payload = json.loads(r.payload) if r.payload else {}
+                at = pd.Timestamp(from_micros(r.ts))
+                self._apply_case(tx, r.customer_id, r.type, at, payload)
+            if numbered is not None:
+                self.add_passengers(
+                    tx,
+                    zip(
+                        numbered["flight_number"].astype(str),
+                        numbered["customer_id"].astype(str),
+                        numbered["scheduled_at"],
+                        strict=True,
+                    ),
+                )
             states = tx.execute(sa.select(STATE.c.customer_id, STATE.c.seq)).all()
             stale = [
                 r.customer_id for r in states if r.seq <= folded_seq and r.customer_id in known

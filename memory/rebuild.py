@@ -86,7 +86,10 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
     if events.empty:
         return raw
     known = set(raw.customers["customer_id"].astype(str))
-    todo = events[events["applied"] & events["customer_id"].isin(known)]
+    # A closing the ledger could not apply on arrival (its case unknown yet) still closes the
+    # case when the export, or a later-arriving opening, holds it: event time, not arrival.
+    closing = events["type"] == "case_closed"
+    todo = events[(events["applied"] | closing) & events["customer_id"].isin(known)]
     todo = todo.sort_values(["ts", "seq"], kind="stable")
     cases = raw.service_cases.copy()
     flights = raw.flights.copy()
@@ -110,6 +113,8 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
     new_legs: set[str] = set()
     opt_in_at: dict[str, tuple[pd.Timestamp, bool]] = {}
     reconsent: dict[str, pd.Timestamp] = {}
+    #: Closings seen before their case's opening: case id -> (customer, ts, compensated).
+    waiting: dict[str, tuple[str, pd.Timestamp, bool]] = {}
 
     for event in todo.itertuples(index=False):
         p: dict[str, Any] = event.payload
@@ -120,21 +125,39 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
                 continue
             topic = p.get("topic") if p.get("topic") in _TOPICS else "other"
             channel = p.get("channel") if p.get("channel") in _CASE_CHANNELS else "chat"
+            early = waiting.pop(case_id, None)
+            if early is not None and early[0] != customer:
+                early = None  # another customer's closing closes nothing
             new_cases.append(
                 {
                     "case_id": case_id,
                     "customer_id": customer,
                     "opened_at": ts,
-                    "closed_at": pd.NaT,
+                    "closed_at": pd.NaT if early is None else max(early[1], ts),
                     "channel": channel,
                     "topic": topic,
                     "sentiment": p.get("sentiment", np.nan),
-                    "compensated": False,
+                    "compensated": early is not None and early[2],
                 }
             )
         elif kind in ("case_closed", "compensation_granted"):
             case_id = p.get("case_id")
             mine = [c for c in new_cases if c["case_id"] == str(case_id)]
+            if kind == "case_closed":
+                owner = (
+                    mine[0]["customer_id"]
+                    if mine
+                    else cases.at[case_row[str(case_id)], "customer_id"]
+                    if str(case_id) in case_row
+                    else None
+                )
+                if owner is None:  # its opening comes later in event time
+                    waiting.setdefault(str(case_id), (customer, ts, bool(p.get("compensated"))))
+                    continue
+                # A closing the ledger refused on arrival (see ``todo``) closes the case only
+                # when it names the case's customer.
+                if not event.applied and str(owner) != customer:
+                    continue
             if kind == "compensation_granted" and case_id is None:
                 new_cases.append(
                     {

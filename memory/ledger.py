@@ -173,7 +173,16 @@ class Memory:
                 return True, None
             return False, "no case_id"
         row = tx.execute(sa.select(CASES).where(CASES.c.case_id == str(case_id))).first()
-        if row is not None and row.customer_id != customer_id:
+        # A closing kept waiting (no opening yet) that named another customer closes nothing:
+        # the case's opening is its owner's.
+        waiting_for_other = (
+            row is not None and row.customer_id != customer_id and row.opened_at is None
+        )
+        if (
+            row is not None
+            and row.customer_id != customer_id
+            and not (kind == "case_opened" and waiting_for_other)
+        ):
             return False, f"case {case_id} is another customer's"
         at = micros(ts)
         if kind == "case_opened":
@@ -191,6 +200,8 @@ class Memory:
                     )
                 )
             else:  # its closing arrived first: the case is folded as opened, then closed
+                if waiting_for_other:
+                    values.update(customer_id=customer_id, closed_at=None, compensated=False)
                 tx.execute(CASES.update().where(CASES.c.case_id == str(case_id)).values(**values))
             return True, None
         if kind == "compensation_granted":
@@ -321,6 +332,23 @@ class Memory:
             value = connection.execute(sa.select(sa.func.max(LEDGER.c.seq))).scalar()
         return int(value or 0)
 
+    def fold_mark(self, snapshot: datetime | pd.Timestamp) -> int:
+        """The ledger position a rebuild at ``snapshot`` folds (``nba features``).
+
+        The feature build counts the facts strictly before its snapshot, so an event stamped at
+        or after it (``/events`` accepts up to a day ahead) must not be folded into the rebuild:
+        the mark stops just before the first such entry, and that entry and every later one
+        are folded again over the rebuilt row (``refold``) instead of being forgotten.
+        """
+        with self.db.read() as connection:
+            first = connection.execute(
+                sa.select(sa.func.min(LEDGER.c.seq)).where(LEDGER.c.ts >= micros(snapshot))
+            ).scalar()
+            if first is not None:
+                return int(first) - 1
+            value = connection.execute(sa.select(sa.func.max(LEDGER.c.seq))).scalar()
+        return int(value or 0)
+
     def open_cases(self, customer_id: str) -> list[str]:
         """The ids of the customer's open cases, oldest first."""
         with self.db.read() as connection:
@@ -331,7 +359,7 @@ class Memory:
                     CASES.c.opened_at.is_not(None),
                     CASES.c.closed_at.is_(None),
                 )
-                .order_by(CASES.c.opened_at)
+                .order_by(CASES.c.opened_at, CASES.c.case_id)
             ).all()
         return [r[0] for r in rows]
 

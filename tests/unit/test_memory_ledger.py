@@ -259,6 +259,8 @@ def test_merge_never_doubles_a_fact_and_never_forgets_one(
 
     memory = open_memory(tmp_path_factory.mktemp("merge") / "memory.db")
     raw = tiny_raw()
+    # The first `nba features`: the memory learns the export's cases.
+    memory.reset_after_rebuild(raw.service_cases, raw.flights, raw.customers["customer_id"], 0)
     for item in events:
         memory.append(item)
     ledger = memory.events()
@@ -409,3 +411,52 @@ def test_a_closing_seen_before_its_opening_survives_the_rebuild(memory: Memory) 
         merged.service_cases, merged.flights, merged.customers["customer_id"], mark
     )
     assert memory.open_cases("C1") == [] and memory.open_cases("C2") == []
+
+
+def test_a_closing_by_another_customer_does_not_block_the_owners_opening(memory: Memory) -> None:
+    stray = memory.append(event("B", "case_closed", T, case_id="K1"))
+    assert not stray.applied
+    opened = memory.append(event("A", "case_opened", T, case_id="K1", topic="refund"))
+    assert opened.applied, opened.note
+    assert memory.open_cases("A") == ["K1"] and memory.open_cases("B") == []
+    assert opened.state is not None and opened.state["open_case_count"] == 1
+    # The rebuild agrees: B's closing closes nothing there either.
+    mark = memory.high_water()
+    raw = tiny_raw()
+    moved = [
+        event("C1", "case_closed", AFTER, case_id="N1"),
+        event("C2", "case_closed", AFTER, case_id="N1"),
+        event("C2", "case_opened", AFTER - pd.Timedelta(hours=1), case_id="N1", topic="seat"),
+    ]
+    for item in moved:
+        memory.append(item)
+    merged = merge(raw, memory.events()).service_cases.set_index("case_id")
+    assert merged.loc["N1", "customer_id"] == "C2" and pd.notna(merged.loc["N1", "closed_at"])
+    assert memory.high_water() == mark + len(moved)
+
+
+def test_cases_opened_at_the_same_time_are_ordered_by_id(tmp_path: Path) -> None:
+    answers = []
+    for k, order in enumerate((["K2", "K1", "K3"], ["K3", "K1", "K2"])):
+        memory = open_memory(tmp_path / f"m{k}.db")
+        for case_id in order:
+            last = memory.append(event("A", "case_opened", T, case_id=case_id))
+        assert last.state is not None
+        answers.append((last.state["oldest_open_case_id"], memory.open_cases("A")))
+    assert answers == [("K1", ["K1", "K2", "K3"])] * 2
+
+
+def test_the_fold_mark_stops_before_the_first_event_at_or_after_the_snapshot(
+    memory: Memory,
+) -> None:
+    snapshot = pd.Timestamp(T)
+    assert memory.fold_mark(snapshot) == 0
+    before = memory.append(event("C1", "booking", T - timedelta(seconds=1)))
+    assert memory.fold_mark(snapshot) == before.seq
+    # Stamped at the snapshot (the build counts what happened before it) or ahead of it.
+    at = memory.append(event("C1", "booking", T))
+    memory.append(event("C1", "booking", T - timedelta(hours=1)))
+    assert memory.fold_mark(snapshot) == before.seq
+    assert at.seq is not None and memory.fold_mark(snapshot + pd.Timedelta(hours=1)) == (
+        memory.high_water()
+    )

@@ -436,7 +436,9 @@ def main() -> None:
             {"requests": [{"customer_id": ids[i % len(ids)]} for i in range(args.batch)]}
         ).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/decide_batch", data=body, headers={"X-API-Key": KEY}
+            f"http://127.0.0.1:{port}/decide_batch",
+            data=body,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
         )
         times = []
         for _ in range(BATCH_REPEATS):

@@ -217,7 +217,11 @@ def project_cases(state: Mapping[str, Any], cases: Iterable[Case]) -> dict[str, 
     """``state`` with its case fields derived from the customer's cases."""
     new = dict(state)
     seen = [c for c in cases if c.opened_at is not None]
-    still_open = sorted((c for c in seen if c.closed_at is None), key=lambda c: c.opened_at)  # type: ignore[arg-type,return-value]
+    # Ties by id: the oldest open case must not depend on the order the cases were stored in.
+    still_open = sorted(
+        (c for c in seen if c.closed_at is None),
+        key=lambda c: (c.opened_at, c.case_id),
+    )
     new["open_case_count"] = len(still_open)
     new["oldest_open_case_at"] = stamp(still_open[0].opened_at) if still_open else None
     new["oldest_open_case_id"] = still_open[0].case_id if still_open else None

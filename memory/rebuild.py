@@ -86,7 +86,10 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
     if events.empty:
         return raw
     known = set(raw.customers["customer_id"].astype(str))
-    todo = events[events["applied"] & events["customer_id"].isin(known)]
+    # A closing the ledger could not apply on arrival (its case unknown yet) still closes the
+    # case when the export, or a later-arriving opening, holds it: event time, not arrival.
+    closings = events["type"] == "case_closed"
+    todo = events[(events["applied"] | closings) & events["customer_id"].isin(known)]
     todo = todo.sort_values(["ts", "seq"], kind="stable")
     cases = raw.service_cases.copy()
     flights = raw.flights.copy()
@@ -107,9 +110,12 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
         ]
     )
     currency = str(bookings["currency"].mode().iloc[0]) if len(bookings) else "USD"
-    new_legs: set[str] = set()
+    #: Legs added from events: "customer|flight_number|day" -> index in ``new_flights``.
+    new_legs: dict[str, int] = {}
     opt_in_at: dict[str, tuple[pd.Timestamp, bool]] = {}
     reconsent: dict[str, pd.Timestamp] = {}
+    #: Closings seen before their case's opening: case id -> (customer, ts, compensated).
+    waiting: dict[str, list[tuple[str, pd.Timestamp, bool]]] = {}
 
     for event in todo.itertuples(index=False):
         p: dict[str, Any] = event.payload
@@ -120,21 +126,40 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
                 continue
             topic = p.get("topic") if p.get("topic") in _TOPICS else "other"
             channel = p.get("channel") if p.get("channel") in _CASE_CHANNELS else "chat"
+            # The first closing by the case's own customer (another's closes nothing).
+            early = next((w for w in waiting.pop(case_id, []) if w[0] == customer), None)
             new_cases.append(
                 {
                     "case_id": case_id,
                     "customer_id": customer,
                     "opened_at": ts,
-                    "closed_at": pd.NaT,
+                    "closed_at": pd.NaT if early is None else max(early[1], ts),
                     "channel": channel,
                     "topic": topic,
                     "sentiment": p.get("sentiment", np.nan),
-                    "compensated": False,
+                    "compensated": early is not None and early[2],
                 }
             )
         elif kind in ("case_closed", "compensation_granted"):
             closing: Any = p.get("case_id")
             mine = [c for c in new_cases if c["case_id"] == str(closing)]
+            if kind == "case_closed":
+                owner = (
+                    mine[0]["customer_id"]
+                    if mine
+                    else cases.at[case_row[str(closing)], "customer_id"]
+                    if str(closing) in case_row
+                    else None
+                )
+                if owner is None:  # its opening comes later in event time
+                    waiting.setdefault(str(closing), []).append(
+                        (customer, ts, bool(p.get("compensated")))
+                    )
+                    continue
+                # A closing the ledger refused on arrival (see ``todo``) closes the case only
+                # when it names the case's customer.
+                if not event.applied and str(owner) != customer:
+                    continue
             if kind == "compensation_granted" and closing is None:
                 new_cases.append(
                     {
@@ -165,13 +190,28 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
             number = p.get("flight_number")
             booking = p.get("booking_id")
             day = at.tz_convert("UTC").strftime("%Y-%m-%d")
-            if number and f"{customer}|{number}|{day}" in new_legs:
-                continue  # a second event of a leg an earlier event added: the same fact
+            cancelled = bool(p.get("cancelled", False))
+            delay = int(p.get("delay_minutes") or 0)
+            added = new_legs.get(f"{customer}|{number}|{day}") if number else None
+            if added is not None:  # a leg an earlier event added: one flight, both facts kept
+                leg = new_flights[added]
+                if kind == "flight_disrupted":
+                    leg["delay_minutes"] = max(int(leg["delay_minutes"]), delay)
+                    leg["cancelled"] = bool(leg["cancelled"] or cancelled)
+                    if not p.get("scheduled_at") and not leg["cancelled"]:  # see the row below
+                        leg["scheduled_at"] = min(
+                            leg["scheduled_at"], ts - pd.Timedelta(minutes=leg["delay_minutes"])
+                        )
+                else:
+                    leg["miles_earned"] = max(
+                        int(leg["miles_earned"]), int(p.get("miles_earned") or 0)
+                    )
+                if leg["cancelled"]:
+                    leg["miles_earned"] = 0
+                continue
             hit = legs.get(f"{customer}|{number}|{day}") if number else None
             if hit is None and booking:
                 hit = by_booking.get(f"{customer}|{booking}|{day}")
-            cancelled = bool(p.get("cancelled", False))
-            delay = int(p.get("delay_minutes") or 0)
             if hit is not None:
                 if kind == "flight_disrupted":
                     flights.at[hit, "delay_minutes"] = max(
@@ -184,7 +224,12 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
             row = {
                 "booking_id": str(booking or f"ev-{event.event_id}"),
                 "customer_id": customer,
-                "scheduled_at": at,
+                # The build counts a delayed leg at scheduled_at + delay (when the delay has
+                # happened); a disruption reported at ts without its schedule happened by ts,
+                # as the fold counts it: one stamped ts would stay unseen until ts + delay.
+                "scheduled_at": at
+                if p.get("scheduled_at") or kind != "flight_disrupted" or cancelled
+                else at - pd.Timedelta(minutes=delay),
                 "delay_minutes": delay if kind == "flight_disrupted" else 0,
                 "cancelled": cancelled and kind == "flight_disrupted",
                 "miles_earned": int(p.get("miles_earned") or 0) if kind == "flight_flown" else 0,
@@ -194,7 +239,7 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
             }
             new_flights.append(row)
             if number:
-                new_legs.add(f"{customer}|{number}|{day}")
+                new_legs[f"{customer}|{number}|{day}"] = len(new_flights) - 1
         elif kind == "booking":
             booking_id = str(p.get("booking_id") or f"ev-{event.event_id}")
             if booking_id in booking_ids:

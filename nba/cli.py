@@ -228,10 +228,12 @@ def features(
         # Events after the snapshot (beyond the contract's tolerance) are refused, not dropped.
         world = load_raw(raw, now=snapshot)
         # The ledger up to now goes into the rebuild: it never forgets an acknowledged event.
-        folded = memory.high_water()
+        # Those from the first one stamped at or after the snapshot on are not in the build
+        # (it counts what happened before its snapshot): they are folded again afterwards.
+        folded = memory.fold_mark(snapshot)
         events = memory.events(until_seq=folded)
         stage(f"folding {len(events):,} ledger events into the raw tables")
-        world = merge(world, events[events["ts"] <= snapshot])
+        world = merge(world, events)
         stage(f"building features from {world.n_rows():,} raw rows")
         table = build_feature_table(
             world,

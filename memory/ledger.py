@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +76,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _check(event: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for an unknown type or a missing/naive ``ts``."""
+    kind = str(event["type"])
+    if kind not in folding.EVENT_TYPES:
+        raise ValueError(f"unknown event type {kind!r}")
+    if folding.stamp(event.get("ts")) is None:
+        raise ValueError("event needs a timezone-aware 'ts'")
+
+
 class Memory:
     """The customer memory on one database (``memory.store.Database``)."""
 
@@ -102,56 +111,80 @@ class Memory:
             ValueError: an unknown type or a missing/naive ``ts``.
             sqlalchemy.exc.SQLAlchemyError: the database did not answer within its deadline.
         """
-        kind = str(event["type"])
-        if kind not in folding.EVENT_TYPES:
-            raise ValueError(f"unknown event type {kind!r}")
-        ts = folding.stamp(event.get("ts"))
-        if ts is None:
-            raise ValueError("event needs a timezone-aware 'ts'")
-        customer_id = str(event["customer_id"])
-        event_id = str(event.get("event_id") or f"e-{uuid.uuid4().hex}")
-        payload = {k: _clean(v) for k, v in event.items() if k not in _HEAD and v is not None}
+        _check(event)
         # The online row is read outside the transaction: no store call while holding the lock.
         seed = dict(base()) if base is not None else None
         with self.db.begin() as tx:
-            inserted = tx.execute(
-                self.db.insert(LEDGER)
-                .values(
-                    event_id=event_id,
-                    customer_id=customer_id,
-                    type=kind,
-                    ts=micros(ts),
-                    received_at=micros(datetime.now(UTC)),
-                    payload=json.dumps(payload) if payload else None,
-                    applied=True,
-                )
-                .on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(LEDGER.c.seq)
-            ).first()
-            if inserted is None:
-                return Applied(
-                    event_id,
-                    customer_id,
-                    kind,
-                    duplicate=True,
-                    applied=False,
-                    note="event_id already applied",
-                )
-            seq = int(inserted[0])
-            applied, note = True, None
-            if kind in ("case_opened", "case_closed", "compensation_granted"):
-                applied, note = self._apply_case(tx, customer_id, kind, ts, payload)
-            if not applied:
-                tx.execute(
-                    LEDGER.update().where(LEDGER.c.seq == seq).values(applied=False, note=note)
-                )
-            state = self._state_for_update(tx, customer_id, seed)
-            effects = folding.Effects()
-            if applied:
-                state, effects = folding.fold(state, {"type": kind, "ts": ts, **payload})
-            state = folding.project_cases(state, self._cases(tx, customer_id))
-            self._save_state(tx, customer_id, state, seq)
-            self._note_flight(tx, customer_id, kind, ts, payload)
+            return self._append_in(tx, event, seed)
+
+    def append_many(
+        self, events: Sequence[Mapping[str, Any]], bases: Sequence[Mapping[str, Any] | None]
+    ) -> list[Applied]:
+        """``append`` for many events in ONE transaction (``/events/flight``: a flight's
+        passengers at once; one commit, so one disk sync instead of one per passenger).
+
+        Args:
+            events: as for ``append``.
+            bases: per event, the customer's online row (None: nothing on record), used only
+                when the memory holds no state for the customer yet.
+
+        Returns:
+            One ``Applied`` per event, in order. All or nothing: an error rolls every event back.
+        """
+        for event in events:
+            _check(event)
+        with self.db.begin() as tx:
+            return [
+                self._append_in(tx, event, None if base is None else dict(base))
+                for event, base in zip(events, bases, strict=True)
+            ]
+
+    def _append_in(
+        self, tx: sa.Connection, event: Mapping[str, Any], seed: Mapping[str, Any] | None
+    ) -> Applied:
+        """``append``'s work inside the open write transaction ``tx``."""
+        kind = str(event["type"])
+        ts = folding.stamp(event.get("ts"))
+        assert ts is not None  # _check
+        customer_id = str(event["customer_id"])
+        event_id = str(event.get("event_id") or f"e-{uuid.uuid4().hex}")
+        payload = {k: _clean(v) for k, v in event.items() if k not in _HEAD and v is not None}
+        inserted = tx.execute(
+            self.db.insert(LEDGER)
+            .values(
+                event_id=event_id,
+                customer_id=customer_id,
+                type=kind,
+                ts=micros(ts),
+                received_at=micros(datetime.now(UTC)),
+                payload=json.dumps(payload) if payload else None,
+                applied=True,
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(LEDGER.c.seq)
+        ).first()
+        if inserted is None:
+            return Applied(
+                event_id,
+                customer_id,
+                kind,
+                duplicate=True,
+                applied=False,
+                note="event_id already applied",
+            )
+        seq = int(inserted[0])
+        applied, note = True, None
+        if kind in ("case_opened", "case_closed", "compensation_granted"):
+            applied, note = self._apply_case(tx, customer_id, kind, ts, payload)
+        if not applied:
+            tx.execute(LEDGER.update().where(LEDGER.c.seq == seq).values(applied=False, note=note))
+        state = self._state_for_update(tx, customer_id, seed)
+        effects = folding.Effects()
+        if applied:
+            state, effects = folding.fold(state, {"type": kind, "ts": ts, **payload})
+        state = folding.project_cases(state, self._cases(tx, customer_id))
+        self._save_state(tx, customer_id, state, seq)
+        self._note_flight(tx, customer_id, kind, ts, payload)
         return Applied(
             event_id,
             customer_id,

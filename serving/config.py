@@ -67,6 +67,9 @@ class ServiceSettings(BaseModel):
     log_fsync: bool
     shutdown_grace_seconds: int
     memory_url: str
+    trigger_poll_seconds: float = 1.0
+    outbox_webhook_url: str | None = None
+    outbox_webhook_attempts: int = 5
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:

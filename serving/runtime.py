@@ -208,6 +208,8 @@ class Runtime:
     #: The feature store's breaker (``serving.deadline``): its calls fail fast for a while
     #: after one missed its deadline (Redis's breaker when the features are on Redis).
     breaker: Breaker = field(default_factory=lambda: Breaker("feature store", 0.0))
+    #: Triggers, the outbox and its scheduler (``serving.triggered``), or None: no memory.
+    triggered: Any | None = None
     _probe: tuple[float, bool, str] = (0.0, False, "not checked")
     _push_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -216,7 +218,7 @@ class Runtime:
         """Build the runtime; load failures are recorded in ``problems`` (degraded mode)."""
         problems: list[str] = []
         rules = load_rules(settings.guardrails)  # a broken rule file is a start-up error
-        load_triggers(settings.triggers)  # so is a broken trigger file
+        triggers = load_triggers(settings.triggers)  # so is a broken trigger file
         model: LoadedModel | None = None
         try:
             if settings.model_path is not None:
@@ -308,6 +310,9 @@ class Runtime:
                       problems, decision_io, breaker)  # fmt: skip
         if memory is not None:
             decider.apologies = RuntimeApologies(runtime)
+            from serving.outbox import open_triggered  # triggers, outbox, scheduler thread
+
+            runtime.triggered = open_triggered(runtime, settings, triggers, read)
         return runtime
 
     def readiness(self) -> tuple[bool, str]:
@@ -356,6 +361,8 @@ class Runtime:
             self.push_state(customer_id, state, state_ts)
         if not applied.duplicate:
             self._log_event(applied, event)
+            if self.triggered is not None:  # the event is stored: its triggers may fire
+                self.triggered.after_events([(fields, applied)])
         return ack(applied)
 
     def push_state(self, customer_id: str, state: Mapping[str, Any], state_ts: Any) -> None:
@@ -390,6 +397,8 @@ class Runtime:
 
     def close(self) -> None:
         """Flush and close the logs (shutdown hook: SIGTERM loses nothing)."""
+        if self.triggered is not None:
+            self.triggered.stop()
         self.decision_writer.close()
         self.event_writer.close()
         if self.decision_io is not None:

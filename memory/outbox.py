@@ -153,17 +153,25 @@ class Outbox:
         ]  # fmt: skip
         if not rows:
             return 0
-        new = 0
         with self.db.begin() as tx:
-            done = self._in_outbox(
-                tx, [(r["trigger"], r["customer_id"], r["event_id"]) for r in rows]
-            )
-            for row in rows:
-                if (row["trigger"], row["customer_id"], row["event_id"]) in done:
-                    continue
-                result = tx.execute(self.db.insert(FIRINGS).values(**row).on_conflict_do_nothing())
-                new += int(result.rowcount or 0)
-        return new
+            keys = [(r["trigger"], r["customer_id"], r["event_id"]) for r in rows]
+            known = self._in_outbox(tx, keys) | self._firing_keys(tx, keys)
+            fresh = [r for r, k in zip(rows, keys, strict=True) if k not in known]
+            if fresh:  # one statement for a whole flight's passengers
+                tx.execute(self.db.insert(FIRINGS).on_conflict_do_nothing(), fresh)
+        return len(fresh)
+
+    def _firing_keys(self, tx: sa.Connection, keys: Sequence[tuple[str, str, str]]) -> set[tuple]:
+        found: set[tuple] = set()
+        events = sorted({k[2] for k in keys})
+        for start in range(0, len(events), 500):
+            rows = tx.execute(
+                sa.select(FIRINGS.c.trigger, FIRINGS.c.customer_id, FIRINGS.c.event_id).where(
+                    FIRINGS.c.event_id.in_(events[start : start + 500])
+                )
+            ).all()
+            found.update((r.trigger, r.customer_id, r.event_id) for r in rows)
+        return found
 
     def _in_outbox(self, tx: sa.Connection, keys: Sequence[tuple[str, str, str]]) -> set[tuple]:
         found: set[tuple] = set()

@@ -253,6 +253,8 @@ REQUEST_MODELS: Final[dict[str, type[BaseModel]]] = {
     "/events": Event,
     "/events/flight": FlightEvent,
 }
+#: ``/events/flight`` may take this many times ``NBA_REQUEST_TIMEOUT_SECONDS`` before 503.
+FLIGHT_TIMEOUT_FACTOR: Final = 5
 #: The outbox's read routes (GET), answered by ``Gate`` on both paths.
 OUTBOX_ROUTES: Final = frozenset({"/outbox", "/outbox/pending"})
 
@@ -285,6 +287,8 @@ async def _answer_flight(body: bytes, runtime: Runtime, timeout: float) -> tuple
     """``POST /events/flight`` (``serving.outbox.handle_flight``): 200 once every passenger's
     event is stored, 503 (nothing acknowledged) when a store fails or the deadline passes."""
     flight = parse(FlightEvent, body)
+    # A flight is hundreds of events in one transaction: a longer bound than one event's.
+    timeout *= FLIGHT_TIMEOUT_FACTOR
     try:
         ack = await asyncio.wait_for(asyncio.to_thread(handle_flight, runtime, flight), timeout)
     except TimeoutError:

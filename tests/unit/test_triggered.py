@@ -348,3 +348,29 @@ def test_passenger_event_ids_are_stable_and_fit_the_ledger() -> None:
     long = passenger_event_id("x" * 128, "C" * 128)
     assert len(long) <= 128 and long == passenger_event_id("x" * 128, "C" * 128)
     assert long != passenger_event_id("x" * 128, "C" * 127 + "D")
+
+
+def test_a_flights_batch_append_equals_one_append_per_passenger(tmp_path: Path) -> None:
+    from memory.ledger import Memory
+
+    one = Memory(Database(sqlite_url(tmp_path / "one.db")))
+    many = Memory(Database(sqlite_url(tmp_path / "many.db")))
+    base = {**_disrupted(), "last_negative_at": None, "last_negative_kind": None}
+    events = [
+        {"customer_id": f"C{k}", "type": "flight_disrupted", "ts": NOW, "cancelled": True,
+         "flight_number": "AA45", "event_id": f"ops-1:C{k}"}
+        for k in range(5)
+    ]  # fmt: skip
+    # A state already in the memory for one of them (an earlier event), none for the others.
+    for memory in (one, many):
+        memory.append({"customer_id": "C2", "type": "booking", "ts": NOW, "event_id": "b"})
+    singles = [one.append(e, lambda: base) for e in events]
+    batch = many.append_many(events, [base] * len(events))
+    for a, b in zip(singles, batch, strict=True):
+        assert (a.event_id, a.duplicate, a.applied, a.effects) == (
+            b.event_id, b.duplicate, b.applied, b.effects)  # fmt: skip
+        assert one.state(a.customer_id) == many.state(b.customer_id)
+    assert all(b.effects.severe_disruption for b in batch)
+    again = many.append_many(events, [base] * len(events))
+    assert all(a.duplicate for a in again)
+    assert len(many.events()) == len(one.events())

@@ -68,3 +68,32 @@ def test_a_crashed_consumers_entries_are_read_again(redis_url: str, redis_prefix
     assert [e["event_id"] for e in other] == ["e2"]
     assert client.xpending(stream, "g")["pending"] == 0
     client.close()
+
+
+def test_the_relay_streams_outbox_items_in_order_once(
+    redis_url: str, redis_prefix: str, tmp_path: Any
+) -> None:
+    from memory.outbox import Firing, Outbox
+    from memory.store import Database, sqlite_url
+    from serving.triggered import Triggered
+    from serving.triggers import load_triggers
+    from serving.webhook import StreamSink
+    from tests.unit.test_decide_batch import _decider
+    from tests.unit.test_decider import NOW
+
+    client = redis_client(redis_url, 2.0)
+    key = f"{redis_prefix}outbox"
+    outbox = Outbox(Database(sqlite_url(tmp_path / "memory.db")))
+    for k in range(3):
+        outbox.append(Firing("milestone", f"C{k}", f"e{k}", NOW), "email",
+                      {"action": "recognition"}, NOW)  # fmt: skip
+    triggered = Triggered(load_triggers(), _decider({}, {}, 0, []), outbox,
+                          sinks=[StreamSink(client, key)], clock=lambda: NOW)  # fmt: skip
+    assert triggered.relay_once() == 3
+    assert triggered.relay_once() == 0  # marked streamed: not sent twice
+    entries = client.xrange(key)
+    assert [json.loads(f[b"item"])["customer_id"] for _, f in entries] == ["C0", "C1", "C2"]
+    assert [f[b"outbox_id"].decode() for _, f in entries] == [
+        i["outbox_id"] for i in outbox.page()[0]
+    ]
+    client.close()

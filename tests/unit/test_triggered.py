@@ -374,3 +374,25 @@ def test_a_flights_batch_append_equals_one_append_per_passenger(tmp_path: Path) 
     again = many.append_many(events, [base] * len(events))
     assert all(a.duplicate for a in again)
     assert len(many.events()) == len(one.events())
+
+
+def test_a_service_apology_takes_the_claim_and_the_budget(outbox: Outbox) -> None:
+    from tests.unit.test_apologies import SharedClaims
+
+    triggers = parse_triggers({"version": 1, "triggers": [
+        {"name": "sorry", "event": "flight_disrupted", "when": {"severe": True},
+         "candidates": ["apology_credit"], "channel": "email",
+         "service_action": True}]})  # fmt: skip
+    rows = {"C1": _disrupted(), "C2": _disrupted()}
+    decider = _decider(rows, {"apology_credit": 0.0}, 1, [])  # worth nothing to the model
+    claims = SharedClaims()
+    decider.apologies = claims
+    triggered = Triggered(triggers, decider, outbox, clock=lambda: NOW, read=rows.__getitem__)
+    triggered.fire(_stored(["C1", "C2"]))
+    outcomes = {o.firing.customer_id: o.result for o in triggered.run_once()}
+    # One credit in the budget: C1 gets it as a service message; C2 waits for the budget.
+    assert outcomes == {"C1": "outbox", "C2": "budget"}
+    assert claims.granted_keys == [("C1", "apology:" + str(_disrupted()["last_negative_at"]))]
+    assert decider.budget.remaining() == 0
+    [item] = outbox.page()[0]
+    assert item["service_action"] and item["decision"]["action"] == "apology_credit"

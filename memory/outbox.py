@@ -246,6 +246,24 @@ class Outbox:
                 .values(waiting=BUDGET, expected_value=expected_value, lease_until=0)
             )
 
+    def settle(
+        self, parked: Sequence[tuple[Firing, float | None]], resolved: Sequence[Firing]
+    ) -> None:
+        """``park`` and ``resolve`` many firings in one transaction (a wave's decisions: one
+        commit instead of one per passenger). Idempotent: a crash before it leaves the
+        firings leased, decided again when the lease ends."""
+        if not parked and not resolved:
+            return
+        with self.db.begin() as tx:
+            for firing, value in parked:
+                tx.execute(
+                    FIRINGS.update()
+                    .where(self._key(FIRINGS, firing.key))
+                    .values(waiting=BUDGET, expected_value=value, lease_until=0)
+                )
+            for firing in resolved:
+                tx.execute(FIRINGS.delete().where(self._key(FIRINGS, firing.key)))
+
     def retry_at(self, firing: Firing, due_at: datetime) -> None:
         """``firing`` could not be decided now (a store down): due again at ``due_at``."""
         with self.db.begin() as tx:

@@ -111,6 +111,8 @@ class Outcome:
     firing: Firing
     result: str  # "outbox", "duplicate", "budget", "none", "retry"
     decision: Mapping[str, Any] | None = None
+    #: The apology credit's expected value of a firing that waits for the budget.
+    value: float | None = None
 
 
 class Triggered:
@@ -203,7 +205,7 @@ class Triggered:
         """One round: decide the due firings, then the budget's queue as the pace allows."""
         with self._round:
             now = self._clock()
-            outcomes = [self._decide(f) for f in self.outbox.lease_due(now, LEASE_SECONDS, ROUND)]
+            outcomes = self._decide_all(self.outbox.lease_due(now, LEASE_SECONDS, ROUND))
             outcomes += self._drain_budget()
         if any(o.result == "outbox" for o in outcomes):
             self._relay_wake.set()
@@ -224,10 +226,24 @@ class Triggered:
             batch = self.outbox.lease_waiting(self._clock(), LEASE_SECONDS, min(left, ROUND))
             if not batch:
                 break
-            done = [self._decide(f) for f in batch]
+            done = self._decide_all(batch)
             outcomes += done
             if all(o.result == "budget" for o in done):
                 break  # another caller took the room meanwhile: wait for the pace
+        return outcomes
+
+    def _decide_all(self, firings: Sequence[Firing]) -> list[Outcome]:
+        """Decide firings; the ``budget`` and ``none`` ones are written together at the end
+        (an outbox item is written at once: it is what must not be lost or doubled)."""
+        outcomes = [self._decide(f) for f in firings]
+        parked = [(o.firing, o.value) for o in outcomes if o.result == "budget"]
+        resolved = [o.firing for o in outcomes if o.result == "none"]
+        try:
+            self.outbox.settle(parked, resolved)
+        except Exception as error:  # leased: decided again when the lease ends
+            logger.warning("%d decided firing(s) not settled (%s): decided again in %.0f s",
+                           len(parked) + len(resolved), type(error).__name__,
+                           LEASE_SECONDS)  # fmt: skip
         return outcomes
 
     def _decide(self, firing: Firing) -> Outcome:
@@ -235,7 +251,6 @@ class Triggered:
         if trigger is None:  # the trigger was removed from the file since it fired
             logger.warning("firing of unknown trigger %r dropped (customer %s, event %s)",
                            firing.trigger, firing.customer_id, firing.event_id)  # fmt: skip
-            self.outbox.resolve(firing)
             return Outcome(firing, "none")
         request = Request(
             firing.customer_id,
@@ -257,9 +272,7 @@ class Triggered:
                 return Outcome(firing, "outbox" if item is not None else "duplicate", answer)
             waits, value = _budget_wait(answer, trigger)
             if waits:
-                self.outbox.park(firing, value, self._clock())
-                return Outcome(firing, "budget", answer)
-            self.outbox.resolve(firing)
+                return Outcome(firing, "budget", answer, value)
             return Outcome(firing, "none", answer)
         except Exception as error:
             # A store down: nothing is written; the firing is tried again later (never dropped).

@@ -160,6 +160,7 @@ def open_triggered(
         sinks=sinks,
         poll_seconds=getattr(settings, "trigger_poll_seconds", 1.0),
         read=read,
+        batch_pushes=runtime.pushes_deferred,
     )
     triggered.start()
     return triggered

@@ -57,6 +57,10 @@ MILESTONE: Final = "milestone_crossed"
 LEASE_SECONDS: Final = 30.0
 #: Most firings decided in one round of the scheduler.
 ROUND: Final = 500
+#: The online-store pushes of this many triggered decisions are made at once (see
+#: ``Triggered.batch_pushes``): a customer's compensation reaches the online store at most
+#: that many decisions (≈ 1-2 s) late; the one-shot claims never wait for it.
+PUSH_EVERY: Final = 50
 #: A firing whose decision was degraded is tried again after this many seconds, doubling per
 #: attempt up to ``MAX_RETRY_SECONDS``.
 RETRY_SECONDS: Final = 2.0
@@ -129,6 +133,9 @@ class Triggered:
             woken by an event.
         read: one customer's stored features (the apology claim's key of a service action
             that is an apology credit); None: such a service action is not given.
+        batch_pushes: a context in which the online-store pushes of the decisions (a credit's
+            ``compensation_granted`` fact) are made once at its end
+            (``Runtime.pushes_deferred``); one per ``PUSH_EVERY`` decisions.
     """
 
     def __init__(
@@ -141,6 +148,7 @@ class Triggered:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_seconds: float = 1.0,
         read: Callable[[str], Mapping[str, Any]] | None = None,
+        batch_pushes: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self.triggers = tuple(triggers)
         self.by_name = {t.name: t for t in self.triggers}
@@ -151,6 +159,7 @@ class Triggered:
         self._clock = clock
         self.poll_seconds = poll_seconds
         self._read = read
+        self._batch_pushes = batch_pushes or contextlib.nullcontext
         self.owner = f"w-{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._relay_wake = threading.Event()
@@ -235,7 +244,14 @@ class Triggered:
     def _decide_all(self, firings: Sequence[Firing]) -> list[Outcome]:
         """Decide firings; the ``budget`` and ``none`` ones are written together at the end
         (an outbox item is written at once: it is what must not be lost or doubled)."""
-        outcomes = [self._decide(f) for f in firings]
+        outcomes: list[Outcome] = []
+        for start in range(0, len(firings), PUSH_EVERY):
+            try:
+                with self._batch_pushes():
+                    outcomes += [self._decide(f) for f in firings[start : start + PUSH_EVERY]]
+            except Exception as error:  # the facts are in the ledger; claims hold the credits
+                logger.warning("online store not updated after %d triggered decision(s) (%s)",
+                               PUSH_EVERY, type(error).__name__)  # fmt: skip
         parked = [(o.firing, o.value) for o in outcomes if o.result == "budget"]
         resolved = [o.firing for o in outcomes if o.result == "none"]
         try:

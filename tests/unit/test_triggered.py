@@ -396,3 +396,28 @@ def test_a_service_apology_takes_the_claim_and_the_budget(outbox: Outbox) -> Non
     assert decider.budget.remaining() == 0
     [item] = outbox.page()[0]
     assert item["service_action"] and item["decision"]["action"] == "apology_credit"
+
+
+def test_pushes_deferred_makes_one_push_at_the_end_for_this_thread_only() -> None:
+    import threading
+
+    from memory.fold import empty_state
+    from serving.runtime import Runtime
+
+    pushed: list[list[str]] = []
+
+    class Adapter:
+        def push(self, frame: pd.DataFrame) -> None:
+            pushed.append(sorted(frame["customer_id"]))
+
+    runtime = Runtime(None, Adapter(), None, None, None)  # type: ignore[arg-type]
+    state = empty_state()
+    with runtime.pushes_deferred():
+        runtime.push_state("C1", state, None)
+        runtime.push_state("C2", state, pd.Timestamp(NOW))
+        runtime.push_state("C1", state, None)
+        other = threading.Thread(target=runtime.push_state, args=("C3", state, None))
+        other.start()
+        other.join()
+        assert pushed == [["C3"]]  # another thread pushes at once
+    assert pushed == [["C3"], ["C1", "C2"]]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.api import ApiError, Event, parse
+from serving.outbox import FlightEvent
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,8 @@ class EventConsumer:
             body = json.loads(raw) if raw else None
             flight = (isinstance(body, dict) and "customer_id" not in body
                       and "flight_number" in body and "scheduled_at" in body)  # fmt: skip
+            parsed: Event | FlightEvent
             if flight and self.handle_flight is not None:
-                from serving.outbox import FlightEvent
-
                 parsed = parse(FlightEvent, raw.encode())
             else:
                 parsed = parse(Event, raw.encode())

@@ -36,7 +36,6 @@ from pydantic import (
 
 from memory.outbox import MAX_PAGE, Outbox
 from serving.api import EARLIEST_TS, MAX_DELAY_MINUTES, MAX_TS_AHEAD, ApiError, FlightNumber, Id
-from serving.runtime import state_frame
 from serving.triggered import Sink, Triggered
 from serving.triggers import Trigger
 
@@ -214,21 +213,12 @@ def handle_flight(runtime: Runtime, body: FlightEvent) -> dict[str, Any]:
     ]  # fmt: skip
     stored = runtime.breaker.call(runtime.reader.read_with_timestamps, passengers)
     applied = runtime.memory.append_many(events, [row for row, _ in stored])
-    states: dict[str, Mapping[str, Any]] = {}
-    for a in applied:
-        state = a.state if a.state is not None else runtime.memory.state(a.customer_id)
-        if state is not None:
-            states[a.customer_id] = state
-    if states:
-        # One push for the whole flight, stamped after every row the store holds (as
-        # ``Runtime.push_state`` does for one).
-        stamp = pd.Timestamp(datetime.now(UTC))
-        previous = [pd.Timestamp(ts) for _, ts in stored if ts is not None]
-        if previous and max(previous) >= stamp:
-            stamp = max(previous) + pd.Timedelta(microseconds=1)
-        frame = state_frame(states, stamp)
-        with runtime._push_lock:
-            runtime.breaker.call(runtime.adapter.push, frame)
+    # One push for the whole flight, stamped after every row the store holds.
+    with runtime.pushes_deferred():
+        for a, (_, state_ts) in zip(applied, stored, strict=True):
+            state = a.state if a.state is not None else runtime.memory.state(a.customer_id)
+            if state is not None:
+                runtime.push_state(a.customer_id, state, state_ts)
     fresh = [(e, a) for e, a in zip(events, applied, strict=True) if not a.duplicate]
     for event, a in fresh:
         runtime._log_event(a, event)

@@ -610,6 +610,10 @@ def main() -> None:
 from nba import cli_monitoring  # noqa: E402
 
 cli_monitoring.register(app, _quiet, CliError, _parse_time)
+# ``nba consume`` (nba/cli_stream.py).
+from nba import cli_stream  # noqa: E402
+
+cli_stream.register(app, _quiet, CliError, _prepare)
 
 if __name__ == "__main__":
     main()

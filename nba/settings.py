@@ -341,6 +341,35 @@ class Settings(BaseSettings):
         "production (it must survive a Redis restart). A relative sqlite:/// path is relative "
         "to the workspace.",
     )
+    trigger_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Service: how often each worker looks for delayed triggers that are due and "
+        "for apology-budget room for the customers waiting in the outbox's queue (an event "
+        "wakes it at once).",
+    )
+    outbox_webhook_url: str | None = Field(
+        default=None,
+        description="Service: POST every outbox item to this URL (JSON, Idempotency-Key: its "
+        "outbox_id), in outbox order, with retries; unset: no webhook.",
+    )
+    outbox_webhook_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Service: attempts per outbox item and round before the webhook relay waits "
+        "for its next round (exponential backoff from 0.5 s, at most 30 s, between attempts).",
+    )
+    consume_stream: str | None = Field(
+        default=None,
+        description="nba consume: the Redis stream of events to read (default "
+        "nba:<NBA_ENVIRONMENT>:events).",
+    )
+    consume_group: str = Field(
+        default="nba",
+        description="nba consume: the consumer group (one group: each event handled once).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ pipeline uses. The true probabilities of every action are written to the ``truth
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -318,8 +319,9 @@ def _trips(
     back = departs + ((1 + rng.poisson(5, nb)) * DAY_NS)
     leg_b = np.concatenate([np.flatnonzero(travelled), np.flatnonzero(travelled & has_return)])
     leg_t = np.concatenate([departs[travelled], back[travelled & has_return]])
+    returning = np.arange(len(leg_b)) >= int(travelled.sum())
     due = leg_t <= end_ns - 2 * HOUR_NS
-    leg_b, leg_t = leg_b[due], leg_t[due]
+    leg_b, leg_t, returning = leg_b[due], leg_t[due], returning[due]
     nl = len(leg_b)
     cancelled = (status[leg_b] == "cancelled_by_carrier") | (rng.random(nl) < 0.015)
     # Delays: most legs near on time, a heavy log-normal tail (~2.5% of legs >= 120 min).
@@ -342,12 +344,23 @@ def _trips(
                 "delay_minutes": delay,
                 "cancelled": cancelled,
                 "miles_earned": miles,
+                "flight_number": _flight_numbers(origin[leg_b], dest[leg_b], returning),
             }
         )
         .iloc[order]
         .reset_index(drop=True)
     )
     return bookings, flights
+
+
+def _flight_numbers(origin: np.ndarray, dest: np.ndarray, returning: np.ndarray) -> np.ndarray:
+    """One flight number per directed route (``NB`` + 100..9099, from a CRC of the route, so
+    the same in every run and no draw from the generator): the passengers of a route on one
+    UTC day share a flight, as ``/events/flight`` finds them."""
+    routes = np.where(returning, dest + "-" + origin, origin + "-" + dest)
+    codes, uniques = pd.factorize(routes)
+    numbers = np.array([f"NB{zlib.crc32(r.encode()) % 9000 + 100}" for r in uniques], dtype=object)
+    return numbers[codes]
 
 
 def _cases(

@@ -71,6 +71,9 @@ class ServiceSettings(BaseModel):
     holdout_share: float
     holdout_salt: str
     holdout_service: bool
+    trigger_poll_seconds: float = 1.0
+    outbox_webhook_url: str | None = None
+    outbox_webhook_attempts: int = 5
 
     @classmethod
     def of(cls, settings: Any, **updates: Any) -> ServiceSettings:

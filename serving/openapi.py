@@ -35,13 +35,30 @@ from serving.api import (
     Event,
     EventAck,
 )
+from serving.outbox import FlightAck, FlightEvent, OutboxPage, PendingPage
 
 #: Route -> (request model, answer model).
 ROUTES: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "/decide": (DecideRequest, DecideResponse),
     "/decide_batch": (DecideBatchRequest, DecideBatchResponse),
     "/events": (Event, EventAck),
+    "/events/flight": (FlightEvent, FlightAck),
 }
+#: The outbox's GET routes: (answer model, summary, query parameters).
+READS: Final[dict[str, tuple[type[BaseModel], str, list[dict[str, Any]]]]] = {
+    "/outbox": (OutboxPage, "Triggered decisions to send, oldest first (durable, ordered).", [
+        {"name": "after", "in": "query", "required": False, "description": "Cursor: the "
+         "previous page's next (default 0, the beginning).",
+         "schema": {"type": "string", "pattern": "^[0-9]*$"}},
+        {"name": "limit", "in": "query", "required": False, "description": "Items per page.",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    ]),
+    "/outbox/pending": (PendingPage, "Customers whose triggered decision waits (the apology "
+                        "budget's queue by expected value, then delayed triggers).", [
+        {"name": "limit", "in": "query", "required": False, "description": "Most items.",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}},
+    ]),
+}  # fmt: skip
 #: The error statuses ``Gate`` answers on a decision route, and why.
 ERRORS: Final[dict[str, str]] = {
     "400": "Empty body or not JSON.",
@@ -66,6 +83,7 @@ def decision_document(spec: dict[str, Any]) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
     for request, answer in ROUTES.values():
         models += [(request, "validation"), (answer, "serialization")]
+    models += [(answer, "serialization") for answer, _, _ in READS.values()]
     _, schemas = models_json_schema(models, ref_template=_REF)
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(schemas.get("$defs", {}))
@@ -78,7 +96,8 @@ def decision_document(spec: dict[str, Any]) -> dict[str, Any]:
     }
     error_body = {"content": {"application/json": {"schema": _ref(ErrorBody)}}}
     for route, (request, answer) in ROUTES.items():
-        operation = doc["paths"][route]["post"]
+        # (A document without the route gets it: every route is described as served.)
+        operation = doc.setdefault("paths", {}).setdefault(route, {}).setdefault("post", {})
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": _ref(request)}},
@@ -91,6 +110,18 @@ def decision_document(spec: dict[str, Any]) -> dict[str, Any]:
             **{status: {"description": why, **error_body} for status, why in ERRORS.items()},
         }
         operation["security"] = [{SECURITY_SCHEME: []}]
+    for route, (answer, summary, parameters) in READS.items():
+        doc["paths"][route] = {"get": {
+            "summary": summary, "parameters": parameters, "security": [{SECURITY_SCHEME: []}],
+            "responses": {
+                "200": {"description": "Answered.",
+                        "content": {"application/json": {"schema": _ref(answer)}}},
+                **{status: {"description": ERRORS[status], **error_body}
+                   for status in ("401", "422")},
+                "503": {"description": "The customer memory (outbox) is unavailable.",
+                        **error_body},
+            },
+        }}  # fmt: skip
     return doc
 
 
@@ -127,6 +158,9 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
                                    {"customer_id": "C0000002", "context": {"channel": "email"}}]},
     "/events": {"customer_id": "C0000001", "type": "case_opened", "ts": "2026-12-04T10:00:00Z",
                 "case_id": "C-77", "topic": "delay"},
+    "/events/flight": {"flight_number": "AA45", "scheduled_at": "2026-12-04T18:30:00Z",
+                       "type": "flight_disrupted", "ts": "2026-12-04T19:10:00Z",
+                       "cancelled": True, "event_id": "ops-7781"},
 }  # fmt: skip
 _HEALTH: Final = {
     "/healthz": ("Liveness: this process answers (no store is asked).", {"200": "Alive."}),
@@ -145,12 +179,15 @@ def product_document(doc: dict[str, Any], version: str) -> dict[str, Any]:
                    "license": {"name": "Apache-2.0"}}  # fmt: skip
     doc["tags"] = [
         {"name": "decisions", "description": "Decide, decide in bulk, report events."},
+        {"name": "outbox", "description": "Triggered decisions to send, and those waiting."},
         {"name": "health", "description": "Liveness, readiness and metrics."},
     ]
     for route, example in EXAMPLES.items():
         operation = doc["paths"][route]["post"]
         operation["tags"] = ["decisions"]
         operation["requestBody"]["content"]["application/json"]["example"] = example
+    for route in READS:
+        doc["paths"][route]["get"]["tags"] = ["outbox"]
     for route, (summary, answers) in _HEALTH.items():
         schema = {"type": "object", "additionalProperties": True}
         doc["paths"][route] = {"get": {

@@ -36,7 +36,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import bentoml
 import orjson
@@ -66,6 +66,7 @@ from serving.api import (
 from serving.config import from_environment
 from serving.decider import Request
 from serving.openapi import api_page, decision_document, product_document
+from serving.outbox import FlightAck, FlightEvent, handle_flight, outbox_answer
 from serving.runtime import Runtime
 from serving.server import drain_idle_connections
 
@@ -144,6 +145,9 @@ class Gate:
             await _reply(send, *_json(401, {"error": "missing or invalid API key",
                                             "detail": {"header": "X-API-Key"}}))  # fmt: skip
             return
+        if path in OUTBOX_ROUTES:  # GET /outbox, /outbox/pending (serving.outbox)
+            await _outbox(path, scope, send, runtime, _request_timeout(settings))
+            return
         limit = settings.max_body_bytes
         if scope["method"] == "POST":
             try:
@@ -219,6 +223,8 @@ class Gate:
                 else:
                     decisions = runtime.decider.decide_batch(requests)
                 return _json(200, {"decisions": decisions})
+            if path == "/events/flight":
+                return await _answer_flight(body, runtime, timeout)
             event = parse(Event, body)
             try:
                 ack = await asyncio.wait_for(
@@ -245,7 +251,55 @@ REQUEST_MODELS: Final[dict[str, type[BaseModel]]] = {
     "/decide": DecideRequest,
     "/decide_batch": DecideBatchRequest,
     "/events": Event,
+    "/events/flight": FlightEvent,
 }
+#: ``/events/flight`` may take this many times ``NBA_REQUEST_TIMEOUT_SECONDS`` before 503.
+FLIGHT_TIMEOUT_FACTOR: Final = 5
+#: The outbox's read routes (GET), answered by ``Gate`` on both paths.
+OUTBOX_ROUTES: Final = frozenset({"/outbox", "/outbox/pending"})
+
+
+async def _outbox(path: str, scope: Scope, send: Send, runtime: Runtime | None,
+                  timeout: float) -> None:  # fmt: skip
+    """``GET /outbox`` and ``GET /outbox/pending``: the memory's reads, off the event loop and
+    within the request deadline (503 past it: no page rather than a late one)."""
+    if scope["method"] not in ("GET", "HEAD"):
+        status, payload = _json(405, {"error": "method not allowed",
+                                      "detail": {"allowed": ["GET", "HEAD"]}})  # fmt: skip
+        await _reply(send, status, payload, ((b"allow", b"GET, HEAD"),))
+        return
+    try:
+        status, body = await asyncio.wait_for(
+            asyncio.to_thread(outbox_answer, path, scope, runtime), timeout
+        )
+    except ApiError as error:
+        status, body = error.status, error.body
+    except TimeoutError:
+        status, body = 503, {"error": f"outbox did not answer within {timeout:g} s",
+                             "detail": "TimeoutError"}  # fmt: skip
+    except Exception as error:  # the memory down: say so, never a partial page
+        _error_now_and_then(type(error).__name__, f"outbox read failed: {type(error).__name__}")
+        status, body = 503, {"error": "outbox unavailable", "detail": type(error).__name__}
+    await _reply(send, *_json(status, body))
+
+
+async def _answer_flight(body: bytes, runtime: Runtime, timeout: float) -> tuple[int, bytes]:
+    """``POST /events/flight`` (``serving.outbox.handle_flight``): 200 once every passenger's
+    event is stored, 503 (nothing acknowledged) when a store fails or the deadline passes."""
+    flight = parse(FlightEvent, body)
+    # A flight is hundreds of events in one transaction: a longer bound than one event's.
+    timeout *= FLIGHT_TIMEOUT_FACTOR
+    try:
+        ack = await asyncio.wait_for(asyncio.to_thread(handle_flight, runtime, flight), timeout)
+    except TimeoutError:
+        _error_now_and_then("TimeoutError", f"no answer within {timeout:g} s")
+        return _json(503, {"error": "flight event not applied: no answer within "
+                           f"{timeout:g} s", "detail": "TimeoutError"})  # fmt: skip
+    except Exception as error:
+        _error_now_and_then(type(error).__name__, type(error).__name__)
+        return _json(503, {"error": "store unavailable: flight event not applied",
+                           "detail": type(error).__name__})  # fmt: skip
+    return _json(200, ack)
 
 
 def _require_json(scope: Scope) -> None:
@@ -376,7 +430,8 @@ async def _reply(
 
 #: Routes the lean path answers: BentoML's metrics and tracing middlewares skip them (they run
 #: before ``Gate`` and cost more than the decision itself).
-DECISION_ROUTES: Final = ["/decide", "/decide_batch", "/events"]
+DECISION_ROUTES: Final = ["/decide", "/decide_batch", "/events", "/events/flight", "/outbox",
+                           "/outbox/pending"]  # fmt: skip
 
 
 @bentoml.service(
@@ -473,6 +528,23 @@ class NBA:
                       destination=destination, amount=amount, currency=currency,
                       marketing_opt_in=marketing_opt_in)  # fmt: skip
         return EventAck(**self.runtime.handle_event(event.model_dump()))
+
+    @bentoml.api(route="/events/flight")
+    def events_flight(  # the contract's flat body (``serving.outbox.FlightEvent``)
+        self,
+        flight_number: FlightNumber,
+        scheduled_at: AwareDatetime,
+        type: Literal["flight_disrupted"],
+        ts: AwareDatetime,
+        cancelled: bool | None = None,
+        delay_minutes: Annotated[int, Field(ge=0, le=MAX_DELAY_MINUTES)] | None = None,
+        event_id: Id | None = None,
+    ) -> FlightAck:
+        """A disruption of one flight for all its passengers (the disruption trigger fires)."""
+        body = FlightEvent(flight_number=flight_number, scheduled_at=scheduled_at, type=type,
+                           ts=ts, cancelled=cancelled, delay_minutes=delay_minutes,
+                           event_id=event_id)  # fmt: skip
+        return FlightAck(**handle_flight(self.runtime, body))
 
 
 # ``@bentoml.service`` made ``NBA`` a ``bentoml.Service``; type checkers see the class.

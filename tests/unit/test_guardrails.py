@@ -66,6 +66,7 @@ def test_shipped_file_loads_with_the_expected_rules() -> None:
         "apology_needs_recent_uncompensated_negative",
         "apology_daily_budget",
         "recognition_needs_milestone_or_tenure",
+        "no_recognition_after_uncompensated_disruption",
     )
     assert {rule.action for rule in RULES.rules} == {"promo", "apology_credit", "recognition"}
 
@@ -75,10 +76,30 @@ def test_clean_customer_promo_blocked_only_by_the_recent_negative() -> None:
     assert result == {
         "promo": ["recent_negative_experience"],
         "apology_credit": [],
-        "recognition": [],
+        # CLEAN's recent delay is uncompensated: no celebration (see the test below).
+        "recognition": ["no_recognition_after_uncompensated_disruption"],
         "none": [],
     }
     assert evaluate(RULES, {**CLEAN, "days_since_last_negative": 20.0})["promo"] == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "blocked"),
+    [
+        ({}, True),  # a delay 5 days ago, not made good
+        ({"last_negative_kind": "cancellation"}, True),
+        ({"days_since_last_negative": 14.5}, False),  # past 14 days
+        ({"compensated_since_last_negative": True}, False),  # made good
+        ({"last_negative_kind": "complaint"}, False),  # a complaint is not a disruption
+        ({"days_since_last_negative": None, "last_negative_kind": None}, False),  # none ever
+        ({"compensated_since_last_negative": None}, True),  # unknown: fails closed
+    ],
+)
+def test_no_recognition_right_after_an_uncompensated_disruption(
+    patch: dict[str, Any], blocked: bool
+) -> None:
+    rule = "no_recognition_after_uncompensated_disruption"
+    assert (rule in blocked_by({**CLEAN, **patch}, "recognition")) is blocked
 
 
 @pytest.mark.parametrize(
@@ -215,9 +236,11 @@ def test_hiding_a_value_never_unblocks_an_action(values: dict[str, Any], hide: s
     before, after = evaluate(RULES, values), evaluate(RULES, hidden)
     for action, names in before.items():
         for name in names:
+            # (also no_recognition_after_uncompensated_disruption: the same "never" reading)
             if name == "marketing_opt_out":
                 assert after[action]
-            elif name != "recent_negative_experience":
+            elif name not in ("recent_negative_experience",
+                              "no_recognition_after_uncompensated_disruption"):  # fmt: skip
                 assert name in after[action]
 
 
@@ -336,9 +359,12 @@ def test_reasons_render_the_fired_rules_with_their_values() -> None:
         "no promo while a service case is open (case C-77, open 2 days)",
         "no promo for 14 days after a negative experience (delay 3 days ago)",
         "at most 1 promo per 7 days (1 in the last 7 days)",
+        "no recognition within 14 days of a disruption nobody made good (delay 3 days ago)",
     ]
     only_recognition = {"recognition": blocked["recognition"]}
-    assert reasons(RULES, values, only_recognition) == []
+    assert reasons(RULES, values, only_recognition) == [
+        "no recognition within 14 days of a disruption nobody made good (delay 3 days ago)"
+    ]
 
 
 def test_reasons_leave_out_facts_not_on_record() -> None:

@@ -469,7 +469,7 @@ def test_sigterm_loses_no_decision(server: tuple[Client, Any], world: dict[str, 
     logged = decision_log.read_decisions(Path(world["env"]["NBA_DECISION_LOG_DIR"]))
     assert set(ANSWERED) <= set(logged["decision_id"]), "answered decisions missing from the log"
     assert logged["decision_id"].is_unique
-    assert set(logged["policy"]) <= {"nba-uplift/1", "random"}
+    assert set(logged["policy"]) <= {"nba-uplift/1", "random", "holdout"}
     events = decision_log.read_log(
         Path(world["env"]["NBA_EVENTS_LOG_DIR"]), decision_log.EVENT_SCHEMA, "ts"
     )

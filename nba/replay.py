@@ -50,7 +50,7 @@ def visit_points(
     t = active[owner] + (rng.random(len(owner)) * (end_ns - active[owner])).astype(np.int64)
 
     # Returns after a disruption (0.7 per disrupted leg, 6 days on average) and after a
-    # milestone crossing (0.8, 4 days): as in nba.simulate._decision_times.
+    # milestone crossing (0.8, 4 days): as in nba.decisions._decision_times.
     flights = world.flights
     f_owner = pd.Index(customers["customer_id"]).get_indexer(flights["customer_id"])
     f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)

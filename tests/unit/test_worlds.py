@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.contract import ACTIONS
+from features.contract import ACTIONS, RawData
 from nba.simulate import SimulationConfig, simulate
 from nba.worlds import PRESETS, TARGETED, World
 
 END = pd.Timestamp("2026-11-01T00:00:00Z")
 
 
-def _world(name: str, seed: int = 5):  # type: ignore[no-untyped-def]
+def _world(name: str, seed: int = 5) -> RawData:
     return simulate(SimulationConfig(end=END, customers=500, days=200, seed=seed, world=name))
 
 

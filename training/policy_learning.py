@@ -244,7 +244,7 @@ class PolicyTree:
                 [
                     np.bincount(c, weights=node_scores[:, a], minlength=n_edges + 1)
                     for a in range(len(ACTIONS))
-                ]  # fmt: skip
+                ]
             )
             left = np.cumsum(sums, axis=0)[:-1]
             gain = left.max(axis=1) + (total - left).max(axis=1)

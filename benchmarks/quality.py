@@ -46,6 +46,7 @@ from nba.simulate import SimulationConfig, simulate
 from nba.worlds import PRESETS
 from training import metrics
 from training.dataset import assemble, entity_frame, time_split
+from training.policy_learning import feasible
 from training.selection import default_learners, select
 from training.value import ActionCosts, true_value
 
@@ -67,7 +68,7 @@ def run_world(name: str, customers: int, seed: int, costs: ActionCosts) -> dict[
     v_oracle = metrics.true_policy_value(metrics.oracle_policy(truth, ACTIONS), truth, ACTIONS)
     row: dict[str, object] = {"world": name, "decisions": len(data)}
     for method, learn in learners.items():
-        chosen = learn(train, selection.scores)(test.X, test.features)
+        chosen = feasible(learn(train, selection.scores)(test.X, test.features), test.features)
         value = metrics.true_policy_value(chosen, truth, ACTIONS)
         if v_oracle - v_none > 1e-9:
             row[method] = metrics.captured_share(value, v_none, v_oracle)

@@ -113,6 +113,32 @@ class ConversionFareModel:
         return out
 
 
+def promo_allowed(features: pd.DataFrame) -> np.ndarray:
+    """Rows whose customer may receive a promo (opted in, not unsubscribed: the contract)."""
+    opt_in = features["marketing_opt_in"].fillna(False).to_numpy(bool)
+    return opt_in & ~features["unsubscribed"].fillna(False).to_numpy(bool)
+
+
+def feasible(chosen: np.ndarray, features: pd.DataFrame) -> np.ndarray:
+    """``chosen`` with promos to customers who may not receive one replaced by ``none``.
+
+    The guardrails do the same in serving; offline it matters more: no promo is ever logged
+    for those customers, so any estimate of its value there is the reward model's guess alone
+    (measured: +27 a decision of pure extrapolation in a world without effects)."""
+    out = np.asarray(chosen, dtype=object).copy()
+    out[(out == "promo") & ~promo_allowed(features)] = "none"
+    return out
+
+
+def restrict_scores(scores: np.ndarray, features: pd.DataFrame) -> np.ndarray:
+    """AIPW scores where a promo cannot be sent valued as doing nothing (what ``feasible``
+    turns it into), so that a learner never chases a promo's extrapolated value there."""
+    out = np.asarray(scores, dtype=np.float64).copy()
+    blocked = ~promo_allowed(features)
+    out[blocked, ACTIONS.index("promo")] = out[blocked, NONE_CODE]
+    return out
+
+
 def folds_by_customer(customer_id: Sequence[str] | np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold number per row, all decisions of a customer in one fold (no leak across folds)."""
     codes, _ = pd.factorize(pd.Series(np.asarray(customer_id, dtype=object)))
@@ -183,11 +209,18 @@ class PolicyTree:
         min_leaf: fewest rows in a leaf (regularization against chasing noisy scores).
         n_bins: candidate thresholds per feature (quantiles of the training rows).
         confidence_z: 0 takes each leaf's best action; ``z > 0`` takes it only when its mean
-            score gain over ``none`` minus ``z`` standard errors is positive.
+            score gain over ``none`` minus ``z`` standard errors is positive, measured on half
+            of the rows the splits were not chosen on (honest leaves).
+        random_state: seed of that halving.
     """
 
     def __init__(
-        self, max_depth: int = 3, min_leaf: int = 200, n_bins: int = 32, confidence_z: float = 0.0
+        self,
+        max_depth: int = 3,
+        min_leaf: int = 200,
+        n_bins: int = 32,
+        confidence_z: float = 0.0,
+        random_state: int = 0,
     ) -> None:
         if max_depth < 0 or min_leaf < 1 or n_bins < 2 or confidence_z < 0:
             raise ValueError("need max_depth >= 0, min_leaf >= 1, n_bins >= 2, confidence_z >= 0")
@@ -195,6 +228,7 @@ class PolicyTree:
         self.min_leaf = min_leaf
         self.n_bins = n_bins
         self.confidence_z = confidence_z
+        self.random_state = random_state
 
     def fit(self, X: np.ndarray, scores: np.ndarray) -> PolicyTree:
         """Grow the tree on features ``X`` (n, p; NaN allowed) and AIPW ``scores`` (n, 4)."""
@@ -203,13 +237,33 @@ class PolicyTree:
         if scores.shape != (len(X), len(ACTIONS)):
             raise ValueError(f"scores must be (n, {len(ACTIONS)}), got {scores.shape}")
         filled = self._fill(X)
+        self._code_of: dict[int, int] = {}
         qs = np.linspace(0, 1, self.n_bins + 1)[1:-1]
         self.edges_ = [np.unique(np.quantile(filled[:, f], qs)) for f in range(X.shape[1])]
         codes = np.column_stack(
             [np.searchsorted(self.edges_[f], filled[:, f], side="left") for f in range(X.shape[1])]
         )
-        self.root_ = self._grow(codes, scores, np.arange(len(X)), 0)
+        rows = np.arange(len(X))
+        if self.confidence_z == 0:
+            self.root_ = self._grow(codes, scores, rows, 0)
+            return self
+        # Honest leaves (as grf's): the splits were chosen to make some leaf's scores look
+        # good, so a confidence test on the same rows would pass on noise. Grow on one half,
+        # pick each leaf's action (with its test) on the other.
+        half = np.random.default_rng(self.random_state).random(len(X)) < 0.5
+        self.root_ = self._grow(codes, scores, rows[half], 0)
+        self._relabel(self.root_, codes, scores, rows[~half])
         return self
+
+    def _relabel(
+        self, node: _Node, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> None:
+        if node.left is None or node.right is None:
+            node.action = self._leaf_action(scores[rows]) if len(rows) > 1 else NONE_CODE
+            return
+        goes_left = codes[rows, node.feature] <= self._code_of[id(node)]
+        self._relabel(node.left, codes, scores, rows[goes_left])
+        self._relabel(node.right, codes, scores, rows[~goes_left])
 
     @staticmethod
     def _fill(X: np.ndarray) -> np.ndarray:
@@ -260,6 +314,7 @@ class PolicyTree:
         f, b = best
         goes_left = codes[rows, f] <= b
         node.feature, node.threshold = f, float(self.edges_[f][b])
+        self._code_of[id(node)] = b
         node.left = self._grow(codes, scores, rows[goes_left], depth + 1)
         node.right = self._grow(codes, scores, rows[~goes_left], depth + 1)
         return node

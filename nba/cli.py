@@ -318,6 +318,7 @@ def train(
             force=force,
             stage=stage,
             source=str(raw),
+            gate_baselines=settings.gate_baselines,
         )
     report.print_evaluation(result)
 

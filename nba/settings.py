@@ -290,6 +290,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long each worker waits for the requests in flight to be "
         "answered before cancelling them (uvicorn's timeout_graceful_shutdown).",
     )
+    gate_baselines: bool = Field(
+        default=True,
+        description="The champion gate also requires a candidate's doubly-robust gains over "
+        "doing nothing and over rules-v1 on the held-out decisions to have positive 95% lower "
+        "bounds (off: only the comparison with the champion).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -110,8 +110,12 @@ def run_training(
     test_share: float = 0.2,
     stage: Callable[[str], None] = lambda _label: None,
     source: str = "",
+    gate_baselines: bool = True,
 ) -> TrainResult:
-    """Train, evaluate, log, register and gate one model (see the module docstring)."""
+    """Train, evaluate, log, register and gate one model (see the module docstring).
+
+    ``gate_baselines``: the gate also requires the candidate to beat ``none`` and ``rules-v1``
+    beyond noise (``baseline_checks``; the ``NBA_GATE_BASELINES`` setting)."""
     costs = costs or ActionCosts()
     stage(f"retrieving features at {len(raw.actions):,} decisions (Feast, point in time)")
     stored = historical(entity_frame(raw))
@@ -133,7 +137,7 @@ def run_training(
     evaluation = evaluate(model, test, reward_model, costs)
     candidate_value = float(evaluation.policy_table.loc["learned", "dr"])
     q_hat = reward_model.predict(test.X)
-    checks = baseline_checks(evaluation.chosen, test, q_hat, costs)
+    checks = baseline_checks(evaluation.chosen, test, q_hat, costs) if gate_baselines else ()
 
     def value_of(version: int) -> float:
         """A champion's DR value on this candidate's held-out decisions (same q_hat)."""

@@ -9,9 +9,12 @@ data only), then fit every method on all training decisions and score it on the 
 
     oracle share = (V(policy) - V(none)) / (V(oracle) - V(none))
 
-1 is the oracle, 0 doing nothing. In a world where nothing has an effect the oracle is ``none``
-and the share is undefined; the table then shows the true value per decision against ``none``
-(``Δ$``, 0 at best). ``selected`` is the policy selection chose (its name in the last column).
+1 is the oracle, 0 doing nothing. ``rules`` is ``rules-v1`` (the logged rule policy), ``rule
+file`` the shipped ``serving/rules.yaml`` as written, ``hybrid`` that file judged by the data
+with confident learned overrides (``training.priors``). In a world where nothing has an effect
+the oracle is ``none`` and the share is undefined; the table then shows the true value per
+decision against ``none`` (``Δ$``, 0 at best). ``selected`` is the policy selection chose (its
+name in the last column).
 
     python benchmarks/quality.py [--customers 6000] [--seed 0] [--worlds default transfer ...]
 """
@@ -42,6 +45,7 @@ from rich.table import Table
 
 from features.build import build_features
 from features.contract import ACTIONS
+from features.rule_policy import load_rule_policy
 from nba.simulate import SimulationConfig, simulate
 from nba.worlds import PRESETS
 from training import metrics
@@ -60,7 +64,7 @@ def run_world(name: str, customers: int, seed: int, costs: ActionCosts) -> dict[
     world = simulate(SimulationConfig(end=END, customers=customers, seed=seed, world=name))
     data = assemble(world, build_features(world, entity_frame(world)))
     train, test = time_split(data, 0.2)
-    learners = default_learners(costs, seed)
+    learners = default_learners(costs, seed, load_rule_policy())
     selection = select(train, learners, costs, k=3, seed=seed)
     assert test.truth is not None
     truth = true_value(test.truth, ACTIONS, costs)
@@ -92,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     costs = ActionCosts()
     rows = [run_world(w, args.customers, args.seed, costs) for w in args.worlds]
-    methods = [*default_learners(costs), "selected"]
+    methods = [*default_learners(costs, rule_policy=load_rule_policy()), "selected"]
 
     table = Table(title=f"oracle share on held-out decisions ({args.customers:,} customers, "
                   f"seed {args.seed}; no-effect world: Δ$ per decision vs none)")  # fmt: skip

@@ -22,18 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from features.contract import ACTIONS
+from features.rule_policy import RulePolicy
 from training.baselines import rules_v1
 from training.dataset import TrainingSet
 from training.evaluate import learned_choice
 from training.policy_learning import (
     NONE_CODE,
     ConversionFareModel,
+    Interval,
     PolicyTree,
     aipw_scores,
     cross_fitted_values,
@@ -41,6 +42,7 @@ from training.policy_learning import (
     folds_by_customer,
     restrict_scores,
 )
+from training.priors import HybridPolicy
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts, realized_value
 
@@ -50,7 +52,6 @@ Policy = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]
 Learner = Callable[[TrainingSet, np.ndarray], Policy]
 #: The baselines every candidate must beat.
 BASELINES: tuple[str, ...] = ("none", "rules")
-Z95 = NormalDist().inv_cdf(0.975)
 
 
 def _none(_train: TrainingSet, _scores: np.ndarray) -> Policy:
@@ -100,11 +101,42 @@ def tree(max_depth: int, min_leaf_share: float, confidence_z: float = 0.0) -> Le
     return learn
 
 
-def default_learners(costs: ActionCosts, seed: int = 0) -> dict[str, Learner]:
-    """The candidates compared: baselines, the current learner, the direct method, trees."""
-    return {
-        "none": _none,
-        "rules": _rules,
+def rule_file(policy: RulePolicy) -> Learner:
+    """The brand's rule policy file as written (``features.rule_policy``)."""
+
+    def learn(_train: TrainingSet, _scores: np.ndarray) -> Policy:
+        return lambda _X, features: policy.choose(features)
+
+    return learn
+
+
+def hybrid(policy: RulePolicy, seed: int = 0) -> Learner:
+    """The rule file judged by the data, with confident learned overrides (``training.priors``)."""
+
+    def learn(train: TrainingSet, scores: np.ndarray) -> Policy:
+        fitted = HybridPolicy.fit(
+            policy,
+            train.X.to_numpy(np.float64),
+            train.features,
+            scores,
+            train.decisions["customer_id"].to_numpy(object),
+            min_leaf=max(50, round(0.005 * len(train))),
+            random_state=seed,
+        )
+        return lambda X, features: fitted.choose(X.to_numpy(np.float64), features)
+
+    return learn
+
+
+def default_learners(
+    costs: ActionCosts, seed: int = 0, rule_policy: RulePolicy | None = None
+) -> dict[str, Learner]:
+    """The candidates compared: baselines, the current learner, the direct method, trees, and
+    with a ``rule_policy`` the brand's rule file as written and the hybrid."""
+    learners: dict[str, Learner] = {"none": _none, "rules": _rules}
+    if rule_policy is not None:
+        learners["rule file"] = rule_file(rule_policy)
+    learners |= {
         "s-learner": s_learner(costs, seed),
         "conv x fare": direct(costs, seed),
         "tree d2": tree(2, 0.02),
@@ -112,6 +144,9 @@ def default_learners(costs: ActionCosts, seed: int = 0) -> dict[str, Learner]:
         "tree d4": tree(4, 0.005),
         "tree d3 confident": tree(3, 0.005, confidence_z=1.64),
     }
+    if rule_policy is not None:
+        learners["hybrid"] = hybrid(rule_policy, seed)
+    return learners
 
 
 def _arrays(
@@ -138,46 +173,6 @@ def logged_scores(
     q = cross_fitted_values(X, outcomes, action, propensity, folds, costs, seed)
     reward = realized_value(action, revenue, unsub, costs)
     return restrict_scores(aipw_scores(q, action, propensity, reward), data.features)
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean of per-row terms with its standard error and 95% interval."""
-
-    value: float
-    se: float
-
-    @property
-    def lower(self) -> float:
-        return self.value - Z95 * self.se
-
-    @property
-    def upper(self) -> float:
-        return self.value + Z95 * self.se
-
-    @classmethod
-    def of(cls, terms: np.ndarray, groups: np.ndarray | None = None) -> Interval:
-        """Mean of ``terms`` with a standard error clustered by ``groups`` (customers).
-
-        Decisions of one customer are not independent: a frequent flyer has many decisions,
-        converts at most of them, at a high fare; a few such customers logged with a rare
-        action move an IPW-weighted mean far more than per-row errors say (measured: the
-        per-row interval of "always promo" missed the truth by 4 standard errors in a world
-        without effects). Summing terms per customer first gives the sandwich (cluster-robust)
-        error, which accounts for it.
-        """
-        n = len(terms)
-        mean = float(terms.mean())
-        if n < 2:
-            return cls(mean, math.nan)
-        if groups is None:
-            return cls(mean, float(terms.std(ddof=1) / math.sqrt(n)))
-        codes, _ = pd.factorize(pd.Series(groups))
-        centred = np.bincount(codes, weights=terms - mean)
-        g = len(centred)
-        if g < 2:
-            return cls(mean, math.nan)
-        return cls(mean, float(math.sqrt(g / (g - 1) * np.dot(centred, centred)) / n))
 
 
 def value_table(

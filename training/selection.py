@@ -29,6 +29,7 @@ import pandas as pd
 from features.contract import ACTIONS
 from features.rule_policy import RulePolicy
 from training.baselines import rules_v1
+from training.confidence import ConfidenceFilter
 from training.dataset import TrainingSet
 from training.evaluate import learned_choice
 from training.policy_learning import (
@@ -70,6 +71,39 @@ def s_learner(costs: ActionCosts, seed: int = 0) -> Learner:
             train.X, train.decisions["action"], train.decisions["propensity"], train.outcomes
         )
         return lambda X, _f: learned_choice(model, X, costs)[0]
+
+    return learn
+
+
+def confident_s_learner(costs: ActionCosts, seed: int = 0, calibrate: float = 0.3) -> Learner:
+    """The S-learner acting only when confident (``training.confidence``): fitted on
+    ``1 - calibrate`` of the customers, its confidence bins calibrated on the rest."""
+
+    def learn(train: TrainingSet, scores: np.ndarray) -> Policy:
+        customers = train.decisions["customer_id"].to_numpy(object)
+        held = folds_by_customer(customers, round(1 / calibrate), seed + 1) == 0
+        fit_part = train.take(np.flatnonzero(~held))
+        model = MultiActionUplift(method="s", random_state=seed, n_jobs=1).fit(
+            fit_part.X,
+            fit_part.decisions["action"],
+            fit_part.decisions["propensity"],
+            fit_part.outcomes,
+        )
+
+        def gain_of(X: pd.DataFrame, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+            chosen, values = learned_choice(model, X, costs)
+            chosen = feasible(chosen, features)
+            codes = pd.Index(ACTIONS).get_indexer(chosen)
+            return chosen, values[np.arange(len(codes)), codes]
+
+        cal = train.take(np.flatnonzero(held))
+        chosen, gain = gain_of(cal.X, cal.features)
+        filt = ConfidenceFilter().fit(chosen, gain, scores[held], customers[held])
+
+        def policy(X: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
+            return filt.apply(*gain_of(X, features))
+
+        return policy
 
     return learn
 
@@ -138,6 +172,7 @@ def default_learners(
         learners["rule file"] = rule_file(rule_policy)
     learners |= {
         "s-learner": s_learner(costs, seed),
+        "s-learner confident": confident_s_learner(costs, seed),
         "conv x fare": direct(costs, seed),
         "tree d2": tree(2, 0.02),
         "tree d3": tree(3, 0.01),

@@ -17,6 +17,7 @@ decision against ``none`` (``Δ$``, 0 at best). ``selected`` is the policy selec
 name in the last column).
 
     python benchmarks/quality.py [--customers 6000] [--seed 0] [--worlds default transfer ...]
+        [--confident-only]
 """
 
 from __future__ import annotations
@@ -58,14 +59,16 @@ console = Console(width=220)
 END = pd.Timestamp("2026-11-01T00:00:00Z")
 
 
-def run_world(name: str, customers: int, seed: int, costs: ActionCosts) -> dict[str, object]:
+def run_world(
+    name: str, customers: int, seed: int, costs: ActionCosts, confident_only: bool = False
+) -> dict[str, object]:
     """Simulate, select, fit and score every method on one preset; one result row."""
     started = time.perf_counter()
     world = simulate(SimulationConfig(end=END, customers=customers, seed=seed, world=name))
     data = assemble(world, build_features(world, entity_frame(world)))
     train, test = time_split(data, 0.2)
     learners = default_learners(costs, seed, load_rule_policy())
-    selection = select(train, learners, costs, k=3, seed=seed)
+    selection = select(train, learners, costs, k=3, seed=seed, confident_only=confident_only)
     assert test.truth is not None
     truth = true_value(test.truth, ACTIONS, costs)
     v_none = metrics.true_policy_value(np.full(len(test), "none", dtype=object), truth, ACTIONS)
@@ -93,9 +96,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--customers", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worlds", nargs="*", default=list(PRESETS))
+    parser.add_argument(
+        "--confident-only",
+        action="store_true",
+        help="select only among candidates that act only when confident",
+    )
     args = parser.parse_args(argv)
     costs = ActionCosts()
-    rows = [run_world(w, args.customers, args.seed, costs) for w in args.worlds]
+    rows = [
+        run_world(w, args.customers, args.seed, costs, args.confident_only) for w in args.worlds
+    ]
     methods = [*default_learners(costs, rule_policy=load_rule_policy()), "selected"]
 
     table = Table(title=f"oracle share on held-out decisions ({args.customers:,} customers, "

@@ -236,11 +236,18 @@ def value_table(
     return pd.DataFrame(table).set_index("policy")
 
 
-def choose(table: pd.DataFrame) -> tuple[str, str]:
+#: Candidates that act only when confident (``training.confidence``, honest tree leaves, the
+#: hybrid's confident overrides): the only learned ones ``select(confident_only=True)`` takes.
+CONFIDENT: tuple[str, ...] = ("s-learner confident", "tree d3 confident", "hybrid")
+
+
+def choose(table: pd.DataFrame, confident_only: bool = False) -> tuple[str, str]:
     """The selected policy and why (one line): the learned candidate of highest value among
     those whose gains over both baselines have positive lower bounds, else the better
-    baseline."""
+    baseline. ``confident_only``: only ``CONFIDENT`` candidates may be selected."""
     learned = table.drop(index=[b for b in BASELINES if b in table.index])
+    if confident_only:
+        learned = learned.loc[[name for name in learned.index if name in CONFIDENT]]
     sure = learned[(learned["lb_vs_none"] > 0) & (learned.get("lb_vs_rules", 0) > 0)]
     if len(sure):
         best = str(sure["value"].idxmax())
@@ -283,6 +290,7 @@ def select(
     costs: ActionCosts,
     k: int = 3,
     seed: int = 0,
+    confident_only: bool = False,
 ) -> Selection:
     """Cross-fitted DR values of every learner on ``train`` and the choice (module docstring)."""
     folds = folds_by_customer(train.decisions["customer_id"].to_numpy(object), k, seed)
@@ -296,5 +304,5 @@ def select(
             picks = learn(part, scores[inside])(held.X, held.features)
             chosen[name][out] = feasible(picks, held.features)
     table = value_table(chosen, scores, train.decisions["customer_id"].to_numpy(object))
-    selected, reason = choose(table)
+    selected, reason = choose(table, confident_only)
     return Selection(table, selected, reason, scores, folds)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from features.contract import ACTIONS
 from training import metrics
+from training.confidence import ConfidenceFilter
 from training.policy_learning import PolicyTree, aipw_scores, folds_by_customer
 from training.selection import choose, value_table
 
@@ -125,3 +126,21 @@ def test_selection_takes_a_learned_policy_only_beyond_noise() -> None:
     assert selected in ("none", "rules")
     assert "stays: no learned policy beats none and rules beyond noise" in reason
     assert "learned" in reason
+
+
+def test_confidence_filter_acts_only_where_held_out_gains_are_sure() -> None:
+    rng = np.random.default_rng(8)
+    n = 6_000
+    predicted = rng.random(n)  # the model's predicted gain of promo
+    true_gain = np.where(predicted > 0.6, 3.0, 0.0)  # only the top 40% truly gain
+    scores = rng.normal(0, 3.0, (n, len(ACTIONS)))
+    scores[:, PROMO] += true_gain
+    chosen = np.full(n, "promo", dtype=object)
+    customers = np.arange(n).astype(str).astype(object)
+    filt = ConfidenceFilter(n_bins=5).fit(chosen, predicted, scores, customers)
+    kept = filt.apply(chosen, predicted)
+    assert (kept[predicted > 0.8] == "promo").all()
+    assert (kept[predicted < 0.55] == "none").all()  # bin edges are sample quantiles
+    # An action the calibration never saw chosen has no evidence: never taken.
+    other = np.full(10, "recognition", dtype=object)
+    assert (filt.apply(other, np.ones(10)) == "none").all()

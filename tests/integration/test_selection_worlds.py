@@ -1,7 +1,8 @@
 """Model selection from logged data alone, end to end on simulated worlds: in a world where no
-action has an effect nothing learned is selected; in the default world a learned policy is,
-and it truly beats the rules (checked against the simulator's truth, which selection never
-sees)."""
+action has an effect nothing learned is selected; in the default world the selected policy is
+truly no worse than the better of doing nothing and the rules, and truly better than the rules
+when it is a learned one (checked against the simulator's truth, which selection never sees).
+"""
 
 from __future__ import annotations
 
@@ -40,12 +41,11 @@ def test_nothing_learned_is_selected_where_nothing_works() -> None:
     assert "stays: no learned policy beats none and rules beyond noise" in selection.reason
 
 
-@pytest.mark.parametrize("world", ["default"])
-def test_a_learned_policy_selected_where_one_works_truly_beats_the_rules(world: str) -> None:
+@pytest.mark.parametrize("world", ["default", "rare_segments"])
+def test_the_selected_policy_is_never_truly_worse_than_the_baselines(world: str) -> None:
     data = _data(world, 6_000)
     learners = default_learners(COSTS, 0)
     selection = select(data, learners, COSTS)
-    assert selection.selected not in BASELINES, selection.reason
     assert data.truth is not None
     truth = true_value(data.truth, ACTIONS, COSTS)
     # Out-of-fold choices of the selected learner, scored against the truth.
@@ -56,6 +56,12 @@ def test_a_learned_policy_selected_where_one_works_truly_beats_the_rules(world: 
         policy = learners[selection.selected](data.take(inside), selection.scores[inside])
         held = data.take(out)
         chosen[out] = feasible(policy(held.X, held.features), held.features)
-    learned = metrics.true_policy_value(chosen, truth, ACTIONS)
+    selected = metrics.true_policy_value(chosen, truth, ACTIONS)
     rules = metrics.true_policy_value(rules_v1(data.features), truth, ACTIONS)
-    assert learned > rules
+    none = metrics.true_policy_value(np.full(len(data), "none", dtype=object), truth, ACTIONS)
+    if selection.selected in BASELINES:
+        # Falling back is allowed (thin evidence), falling back to the worse baseline is not
+        # beyond noise: 1 a decision is ~ a tenth of the oracle's gain here.
+        assert selected >= max(none, rules) - 1.0, selection.reason
+    else:
+        assert selected > max(none, rules), selection.reason

@@ -9,6 +9,9 @@ data only), then fit every method on all training decisions and score it on the 
 
     oracle share = (V(policy) - V(none)) / (V(oracle) - V(none))
 
+over the actions the contract allows (no promo to a customer who opted out or unsubscribed:
+every policy's promos there become ``none``, and the oracle's too).
+
 1 is the oracle, 0 doing nothing. ``rules`` is ``rules-v1`` (the logged rule policy), ``rule
 file`` the shipped ``serving/rules.yaml`` as written, ``hybrid`` that file judged by the data
 with confident learned overrides (``training.priors``). In a world where nothing has an effect
@@ -51,7 +54,7 @@ from nba.simulate import SimulationConfig, simulate
 from nba.worlds import PRESETS
 from training import metrics
 from training.dataset import assemble, entity_frame, time_split
-from training.policy_learning import feasible
+from training.policy_learning import feasible, promo_allowed
 from training.selection import default_learners, select
 from training.value import ActionCosts, true_value
 
@@ -71,6 +74,10 @@ def run_world(
     selection = select(train, learners, costs, k=3, seed=seed, confident_only=confident_only)
     assert test.truth is not None
     truth = true_value(test.truth, ACTIONS, costs)
+    # The contract forbids promos to customers who opted out or unsubscribed: there a promo is
+    # doing nothing, for the oracle too (the simulator's truth would credit the forbidden one).
+    blocked = ~promo_allowed(test.features)
+    truth[blocked, ACTIONS.index("promo")] = truth[blocked, ACTIONS.index("none")]
     v_none = metrics.true_policy_value(np.full(len(test), "none", dtype=object), truth, ACTIONS)
     v_oracle = metrics.true_policy_value(metrics.oracle_policy(truth, ACTIONS), truth, ACTIONS)
     row: dict[str, object] = {"world": name, "decisions": len(data)}

@@ -144,3 +144,20 @@ def test_confidence_filter_acts_only_where_held_out_gains_are_sure() -> None:
     # An action the calibration never saw chosen has no evidence: never taken.
     other = np.full(10, "recognition", dtype=object)
     assert (filt.apply(other, np.ones(10)) == "none").all()
+
+
+def test_selection_tests_in_a_fixed_sequence_and_stops_at_the_first_failure() -> None:
+    table = pd.DataFrame(
+        {
+            "value": [0.0, 1.0, 5.0, 9.0],
+            "gain_vs_none": [0.0, 1.0, 5.0, 9.0],
+            "lb_vs_none": [0.0, 0.5, -0.1, 4.0],
+            "gain_vs_rules": [-1.0, 0.0, 4.0, 8.0],
+            "lb_vs_rules": [-2.0, 0.0, 3.0, 7.0],
+        },
+        index=pd.Index(["none", "rules", "s-learner", "tree d2"], name="policy"),
+    )
+    # The incumbent (tested first) fails vs none: the sequence stops, tree d2 is never tested.
+    assert choose(table)[0] == "none" or choose(table)[0] == "rules"
+    table.loc["s-learner", "lb_vs_none"] = 0.2
+    assert choose(table)[0] == "tree d2"  # both pass: the higher value is selected

@@ -173,11 +173,21 @@ def simulate(
     scenario_days: Annotated[
         int, typer.Option(min=1, help="Length of the shift in days (with --scenario).")
     ] = 7,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--world", help="Causal structure, a preset of nba.worlds (docs/simulator.md)."
+        ),
+    ] = "default",
 ) -> None:
     """Write a simulated world in the raw data contract, window ending now."""
     from features.contract import write_raw
     from nba.simulate import SCENARIOS, SimulationConfig
     from nba.simulate import simulate as run_simulation
+    from nba.worlds import PRESETS
+
+    if preset not in PRESETS:
+        raise CliError(f"--world: {preset!r} is not one of {', '.join(PRESETS)}")
 
     if fmt not in ("parquet", "csv"):
         raise CliError(f"--format: {fmt!r} is not one of parquet, csv")
@@ -185,7 +195,7 @@ def simulate(
         raise CliError(f"--scenario: {scenario!r} is not one of {', '.join(SCENARIOS)}")
     config = SimulationConfig(end=_parse_time(end, "--end"), customers=customers, days=days,
                               seed=seed, scenario=scenario,
-                              scenario_days=scenario_days)  # fmt: skip
+                              scenario_days=scenario_days, world=preset)  # fmt: skip
     started = time.perf_counter()
     with output.Stages("simulating", total=8) as stage:
         world = run_simulation(config, on_step=stage)
@@ -320,6 +330,7 @@ def train(
             force=force,
             stage=stage,
             source=str(raw),
+            gate_baselines=settings.gate_baselines,
         )
     report.print_evaluation(result)
 

@@ -36,15 +36,10 @@ from features.build import build_features
 from features.contract import ACTIONS, RawData
 from features.decision_log import DECISION_SCHEMA, FEATURE_PREFIX
 from features.derive import derive_columns, derive_features
-from nba.simulate import (
-    DAY_NS,
-    SimulationConfig,
-    _conversion_bookings,
-    _customers,
-    _decision_unsubscribes,
-    causal_model,
-    cust_traits,
-)
+from nba.decisions import _conversion_bookings, _decision_unsubscribes, cust_traits
+from nba.simcore import DAY_NS
+from nba.simulate import SimulationConfig, _customers
+from nba.worlds import causal_model
 from serving.guardrails import RuleSet
 from serving.holdout import Holdout, policy_label
 from serving.score import score
@@ -73,7 +68,7 @@ def visit_points(
     t = active[owner] + (rng.random(len(owner)) * (end_ns - active[owner])).astype(np.int64)
 
     # Returns after a disruption (0.7 per disrupted leg, 6 days on average) and after a
-    # milestone crossing (0.8, 4 days): as in nba.simulate._decision_times.
+    # milestone crossing (0.8, 4 days): as in nba.decisions._decision_times.
     flights = world.flights
     f_owner = pd.Index(customers["customer_id"]).get_indexer(flights["customer_id"])
     f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)

@@ -370,6 +370,12 @@ class Settings(BaseSettings):
         default="nba",
         description="nba consume: the consumer group (one group: each event handled once).",
     )
+    gate_baselines: bool = Field(
+        default=True,
+        description="The champion gate also requires a candidate's doubly-robust gains over "
+        "doing nothing and over rules-v1 on the held-out decisions to have positive 95% lower "
+        "bounds (off: only the comparison with the champion).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -22,26 +22,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.build import build_features
-from features.contract import ACTIONS, RawData, validate
-from features.derive import derive_columns
-from training.baselines import RULES_V1, rules_v1
+from features.contract import RawData, validate
+from nba.decisions import decide, empty_actions, empty_outcomes
+from nba.simcore import (
+    AIRPORTS,
+    DAY_NS,
+    HOUR_NS,
+    MIN_NS,
+    Customers,
+    distance_miles,
+    ids,
+    repeat_poisson,
+    routes,
+    uniform_between,
+    utc,
+)
+from nba.worlds import PRESETS
 
-DAY_NS = 86_400 * 10**9
-HOUR_NS = 3_600 * 10**9
-MIN_NS = 60 * 10**9
+__all__ = ["AIRPORTS", "DAY_NS", "HOUR_NS", "MIN_NS", "SCENARIOS", "SimulationConfig", "simulate"]
 
-#: Airports with (latitude, longitude): routes and their distances come from these.
-AIRPORTS: dict[str, tuple[float, float]] = {
-    "JFK": (40.64, -73.78), "LAX": (33.94, -118.41), "ORD": (41.98, -87.90),
-    "ATL": (33.64, -84.43), "DFW": (32.90, -97.04), "SFO": (37.62, -122.38),
-    "MIA": (25.79, -80.29), "SEA": (47.45, -122.31), "BOS": (42.37, -71.01),
-    "DEN": (39.86, -104.67), "LHR": (51.47, -0.45), "CDG": (49.01, 2.55),
-    "FRA": (50.03, 8.56), "AMS": (52.31, 4.76), "MAD": (40.47, -3.56),
-    "FCO": (41.80, 12.25), "DXB": (25.25, 55.36), "NRT": (35.77, 140.39),
-    "SIN": (1.36, 103.99), "HKG": (22.31, 113.91), "SYD": (-33.94, 151.18),
-    "GRU": (-23.43, -46.47), "MEX": (19.44, -99.07), "YYZ": (43.68, -79.63),
-}  # fmt: skip
 CABINS = np.array(["economy", "premium", "business", "first"], dtype=object)
 CABIN_FARE = np.array([1.0, 1.6, 3.5, 6.0])
 CABIN_MILES = np.array([1.0, 1.25, 1.5, 2.0])
@@ -71,6 +70,8 @@ class SimulationConfig:
     #: A shift in the last ``scenario_days`` of the window (``SCENARIOS``), for drift tests.
     scenario: str | None = None
     scenario_days: int = 7
+    #: Causal structure of the world: a name in ``nba.worlds.PRESETS``.
+    world: str = "default"
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -81,66 +82,15 @@ class SimulationConfig:
             raise ValueError("end must be timezone-aware")
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
+        if self.world not in PRESETS:
+            raise ValueError(f"world {self.world!r} is not one of {', '.join(PRESETS)}")
         if not 1 <= self.scenario_days < self.days:
             raise ValueError(f"scenario_days must be in [1, {self.days}), got {self.scenario_days}")
 
 
-@dataclass
-class _Customers:
-    ids: np.ndarray
-    price_sensitivity: np.ndarray
-    trips_per_year: np.ndarray
-    engagement: np.ndarray
-    typical_fare: np.ndarray
-    created_ns: np.ndarray
-    active_from_ns: np.ndarray
-    home: np.ndarray
-    opt_in: np.ndarray
-    prior_miles: np.ndarray
-
-
-def _ids(prefix: str, n: int, start: int = 0) -> np.ndarray:
-    return np.array([f"{prefix}{i:07d}" for i in range(start, start + n)], dtype=object)
-
-
-def _utc(ns: np.ndarray) -> pd.Series:
-    """Nanoseconds as UTC timestamps, floored to whole seconds as a brand's logs would be."""
-    ns = np.asarray(ns, dtype=np.int64)
-    whole = np.where(ns == np.iinfo(np.int64).min, ns, ns - ns % 10**9)
-    return pd.Series(pd.to_datetime(whole, utc=True))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _uniform_between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return lo + (rng.random(len(lo)) * np.maximum(hi - lo, 0)).astype(np.int64)
-
-
-def _distance_miles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    codes = pd.Index(list(AIRPORTS))
-    coords = np.radians(np.array(list(AIRPORTS.values())))
-    ia, ib = codes.get_indexer(a), codes.get_indexer(b)
-    la1, lo1 = coords[ia, 0], coords[ia, 1]
-    la2, lo2 = coords[ib, 0], coords[ib, 1]
-    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
-    return 3958.8 * 2 * np.arcsin(np.sqrt(h))
-
-
-def _routes(rng: np.random.Generator, home: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    codes = np.array(list(AIRPORTS), dtype=object)
-    origin = np.where(pd.isna(home), codes[rng.integers(0, len(codes), len(home))], home)
-    dest = codes[rng.integers(0, len(codes), len(home))]
-    same = dest == origin
-    while same.any():
-        dest[same] = codes[rng.integers(0, len(codes), int(same.sum()))]
-        same = dest == origin
-    return origin.astype(object), dest
-
-
-def _customers(cfg: SimulationConfig, rng: np.random.Generator, start_ns: int) -> _Customers:
+def _customers(cfg: SimulationConfig, rng: np.random.Generator, start_ns: int) -> Customers:
     n, end_ns = cfg.customers, pd.Timestamp(cfg.end).value
+    world = PRESETS[cfg.world]
     ps = rng.beta(2.0, 2.5, n)
     trips = np.clip(rng.lognormal(1.0, 0.9, n), 0.2, 150.0)
     tenure_years = rng.exponential(4.0, n)
@@ -150,26 +100,18 @@ def _customers(cfg: SimulationConfig, rng: np.random.Generator, start_ns: int) -
     home[rng.random(n) < 0.03] = None
     years_before = np.maximum(start_ns - created, 0) / (365 * DAY_NS)
     prior = trips * years_before * 2 * 2_600 * rng.lognormal(0.0, 0.3, n)
-    return _Customers(
-        ids=_ids("C", n),
+    return Customers(
+        ids=ids("C", n),
         price_sensitivity=ps,
         trips_per_year=trips,
         engagement=rng.beta(1.5, 6.0, n),
-        typical_fare=420.0 * (1.0 - 0.35 * ps) * rng.lognormal(0.0, 0.35, n),
+        typical_fare=420.0 * (1.0 - 0.35 * ps) * rng.lognormal(0.0, world.typical_fare_sigma, n),
         created_ns=created,
         active_from_ns=np.maximum(created, start_ns),
         home=home,
         opt_in=rng.random(n) < 0.85,
         prior_miles=prior.astype(np.int64),
     )
-
-
-def _repeat_poisson(rng: np.random.Generator, rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Draw a count per row and return (row index per event, 0-based rank within its row)."""
-    counts = rng.poisson(np.maximum(rate, 0))
-    owner = np.repeat(np.arange(len(rate)), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    return owner, np.arange(len(owner)) - first
 
 
 def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None) -> RawData:
@@ -205,7 +147,7 @@ def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None
     customers = pd.DataFrame(
         {
             "customer_id": cust.ids,
-            "created_at": _utc(cust.created_ns),
+            "created_at": utc(cust.created_ns),
             "home_airport": cust.home,
             "marketing_opt_in": cust.opt_in,
             "prior_miles": cust.prior_miles,
@@ -218,12 +160,12 @@ def simulate(cfg: SimulationConfig, on_step: Callable[[str], None] | None = None
         service_cases=cases,
         web_events=web,
         email_events=email,
-        actions=_empty_actions(),
-        outcomes=_empty_outcomes(),
+        actions=empty_actions(),
+        outcomes=empty_outcomes(),
     )
 
     step("decisions and outcomes")
-    world = _decide(cfg, rng, cust, world, start_ns, end_ns)
+    world = decide(cfg, rng, cust, world, start_ns, end_ns)
 
     step("validating")
     # The world's own clock: nothing in it may happen after its window ends (plus the
@@ -268,14 +210,14 @@ def _shift(
 
 
 def _trips(
-    rng: np.random.Generator, cust: _Customers, active_years: np.ndarray, end_ns: int
+    rng: np.random.Generator, cust: Customers, active_years: np.ndarray, end_ns: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    owner, _ = _repeat_poisson(rng, cust.trips_per_year * active_years)
+    owner, _ = repeat_poisson(rng, cust.trips_per_year * active_years)
     nb = len(owner)
-    booked = _uniform_between(rng, cust.active_from_ns[owner], np.full(nb, end_ns))
+    booked = uniform_between(rng, cust.active_from_ns[owner], np.full(nb, end_ns))
     departs = booked + (rng.gamma(2.0, 15.0, nb) * DAY_NS).astype(np.int64) + 2 * HOUR_NS
-    origin, dest = _routes(rng, cust.home[owner])
-    distance = _distance_miles(origin, dest)
+    origin, dest = routes(rng, cust.home[owner])
+    distance = distance_miles(origin, dest)
     ps = cust.price_sensitivity[owner]
     premium_p = 0.35 * (1 - ps) ** 2
     cabin_idx = np.where(
@@ -292,13 +234,13 @@ def _trips(
         nb,
         p=[0.925, 0.05, 0.025],
     )
-    booking_ids = _ids("B", nb)
+    booking_ids = ids("B", nb)
     bookings = pd.DataFrame(
         {
             "booking_id": booking_ids,
             "customer_id": cust.ids[owner],
-            "booked_at": _utc(booked),
-            "departs_at": _utc(departs),
+            "booked_at": utc(booked),
+            "departs_at": utc(departs),
             "origin": origin,
             "destination": dest,
             "fare": np.round(fare, 2),
@@ -340,7 +282,7 @@ def _trips(
             {
                 "booking_id": booking_ids[leg_b],
                 "customer_id": cust.ids[owner[leg_b]],
-                "scheduled_at": _utc(leg_t),
+                "scheduled_at": utc(leg_t),
                 "delay_minutes": delay,
                 "cancelled": cancelled,
                 "miles_earned": miles,
@@ -365,7 +307,7 @@ def _flight_numbers(origin: np.ndarray, dest: np.ndarray, returning: np.ndarray)
 
 def _cases(
     rng: np.random.Generator,
-    cust: _Customers,
+    cust: Customers,
     flights: pd.DataFrame,
     active_years: np.ndarray,
     end_ns: int,
@@ -385,8 +327,8 @@ def _cases(
     d_topic = np.where(cancelled[triggered], "cancellation", "delay").astype(object)
     d_sent = np.clip(rng.normal(-0.6, 0.25, len(d_owner)), -1, 1)
 
-    b_owner, _ = _repeat_poisson(rng, 0.25 * active_years)
-    b_open = _uniform_between(rng, cust.active_from_ns[b_owner], np.full(len(b_owner), end_ns))
+    b_owner, _ = repeat_poisson(rng, 0.25 * active_years)
+    b_open = uniform_between(rng, cust.active_from_ns[b_owner], np.full(len(b_owner), end_ns))
     b_topic = rng.choice(BACKGROUND_TOPICS, len(b_owner), p=[0.3, 0.25, 0.2, 0.15, 0.1])
     b_sent = np.clip(rng.normal(-0.1, 0.4, len(b_owner)), -1, 1)
 
@@ -409,10 +351,10 @@ def _cases(
     order = np.lexsort((opened, owner))
     frame = pd.DataFrame(
         {
-            "case_id": _ids("K", nc),
+            "case_id": ids("K", nc),
             "customer_id": cust.ids[owner],
-            "opened_at": _utc(opened),
-            "closed_at": _utc(np.where(still_open, np.iinfo(np.int64).min, closed)),
+            "opened_at": utc(opened),
+            "closed_at": utc(np.where(still_open, np.iinfo(np.int64).min, closed)),
             "channel": rng.choice(CASE_CHANNELS, nc, p=[0.35, 0.35, 0.2, 0.1]),
             "topic": topic,
             "sentiment": sentiment,
@@ -425,14 +367,14 @@ def _cases(
 def _web(
     cfg: SimulationConfig,
     rng: np.random.Generator,
-    cust: _Customers,
+    cust: Customers,
     active_years: np.ndarray,
     flights: pd.DataFrame,
     end_ns: int,
 ) -> pd.DataFrame:
     ps = cust.price_sensitivity
-    owner, _ = _repeat_poisson(rng, cust.trips_per_year * (1.5 + 4.0 * ps) * active_years)
-    start = _uniform_between(rng, cust.active_from_ns[owner], np.full(len(owner), end_ns))
+    owner, _ = repeat_poisson(rng, cust.trips_per_year * (1.5 + 4.0 * ps) * active_years)
+    start = uniform_between(rng, cust.active_from_ns[owner], np.full(len(owner), end_ns))
     # Travellers come back to the site after a disruption (rebooking, checking status).
     f_owner = pd.Index(cust.ids).get_indexer(flights["customer_id"])
     bad = (flights["delay_minutes"].to_numpy() >= 120) | flights["cancelled"].to_numpy()
@@ -445,7 +387,7 @@ def _web(
     owner, start = owner[known], start[known]
     n_known = len(owner)
     n_anon = int(n_known * cfg.anonymous_share / (1 - cfg.anonymous_share))
-    anon_start = _uniform_between(
+    anon_start = uniform_between(
         rng, np.full(n_anon, end_ns - cfg.days * DAY_NS), np.full(n_anon, end_ns - HOUR_NS)
     )
     s_ps = np.concatenate([ps[owner], rng.beta(2.0, 2.5, n_anon)])
@@ -477,15 +419,15 @@ def _web(
             ),
         ),
     ).astype(object)
-    origin, dest = _routes(rng, s_home)
+    origin, dest = routes(rng, s_home)
     is_search = kind == "search"
     ts = s_start[session] + rank * (20 + rng.integers(0, 60, len(session))) * 10**9
     frame = pd.DataFrame(
         {
-            "event_id": _ids("W", len(session)),
+            "event_id": ids("W", len(session)),
             "customer_id": s_cust[session],
-            "session_id": _ids("S", ns)[session],
-            "ts": _utc(ts),
+            "session_id": ids("S", ns)[session],
+            "ts": utc(ts),
             "event_type": kind,
             "origin": np.where(is_search, origin[session], _NONE),
             "destination": np.where(is_search, dest[session], _NONE),
@@ -494,7 +436,7 @@ def _web(
     return frame
 
 
-def _email(rng: np.random.Generator, cust: _Customers, start_ns: int, end_ns: int) -> pd.DataFrame:
+def _email(rng: np.random.Generator, cust: Customers, start_ns: int, end_ns: int) -> pd.DataFrame:
     weeks = np.arange(start_ns + 10 * HOUR_NS, end_ns - DAY_NS, 7 * DAY_NS)
     first_week = np.searchsorted(weeks, cust.created_ns)
     eligible = np.where(cust.opt_in, len(weeks) - first_week, 0)
@@ -531,312 +473,8 @@ def _email(rng: np.random.Generator, cust: _Customers, start_ns: int, end_ns: in
     return pd.DataFrame(
         {
             "customer_id": cust.ids[e_owner[keep]][order],
-            "ts": _utc(e_ts[keep][order]),
+            "ts": utc(e_ts[keep][order]),
             "campaign_id": campaign[e_week[keep]][order],
             "event_type": e_kind[keep][order],
         }
     )
-
-
-def _empty_actions() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "decision_id": pd.Series([], dtype=object),
-            "customer_id": pd.Series([], dtype=object),
-            "decided_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-            "action": pd.Series([], dtype=object),
-            "policy": pd.Series([], dtype=object),
-            "propensity": pd.Series([], dtype=np.float64),
-            "channel": pd.Series([], dtype=object),
-        }
-    )
-
-
-def _empty_outcomes() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "decision_id": pd.Series([], dtype=object),
-            "converted": pd.Series([], dtype=bool),
-            "revenue": pd.Series([], dtype=np.float64),
-            "unsubscribed": pd.Series([], dtype=bool),
-        }
-    )
-
-
-def _decision_times(
-    cfg: SimulationConfig,
-    rng: np.random.Generator,
-    cust: _Customers,
-    world: RawData,
-    start_ns: int,
-    end_ns: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer index, time, channel) of every decision, before the outcome horizon."""
-    horizon = end_ns - cfg.outcome_days * DAY_NS
-    years = np.maximum(horizon - cust.active_from_ns, 0) / (365 * DAY_NS)
-    owner, _ = _repeat_poisson(rng, cfg.decisions_per_year * years)
-    t = _uniform_between(rng, cust.active_from_ns[owner], np.full(len(owner), horizon))
-    channel = rng.choice(np.array(["web", "app", "email"], dtype=object), len(owner),
-                         p=[0.45, 0.2, 0.35])  # fmt: skip
-
-    # Visits after a disruption ("comes back a week later") and after a milestone crossing
-    # (checking the new status): the moments where apology and recognition matter.
-    index = pd.Index(cust.ids)
-    flights = world.flights
-    f_owner = index.get_indexer(flights["customer_id"])
-    f_ns = flights["scheduled_at"].to_numpy("datetime64[ns]").astype(np.int64)
-    bad = (flights["delay_minutes"].to_numpy() >= 120) | flights["cancelled"].to_numpy()
-    bad &= rng.random(len(bad)) < 0.7
-    extra_owner = [f_owner[bad]]
-    extra_t = [f_ns[bad] + (rng.exponential(6.0, int(bad.sum())) * DAY_NS).astype(np.int64)]
-    miles = flights["miles_earned"].to_numpy(np.int64)
-    cum = flights.assign(m=miles).groupby("customer_id", sort=False)["m"].cumsum().to_numpy()
-    total = cust.prior_miles[f_owner] + cum
-    before = total - miles
-    crossed = ((before < 100_000) & (total >= 100_000)) | (total // 1_000_000 > before // 1_000_000)
-    crossed &= rng.random(len(crossed)) < 0.8
-    extra_owner.append(f_owner[crossed])
-    extra_t.append(
-        f_ns[crossed] + (rng.exponential(4.0, int(crossed.sum())) * DAY_NS).astype(np.int64)
-    )
-    e_owner = np.concatenate(extra_owner)
-    e_t = np.concatenate(extra_t)
-    owner = np.concatenate([owner, e_owner])
-    t = np.concatenate([t, e_t])
-    channel = np.concatenate([channel, np.full(len(e_owner), "web", dtype=object)])
-    keep = (t < horizon) & (t >= start_ns)
-    order = np.lexsort((t[keep], owner[keep]))
-    return owner[keep][order], t[keep][order], channel[keep][order]
-
-
-def _decide(
-    cfg: SimulationConfig,
-    rng: np.random.Generator,
-    cust: _Customers,
-    world: RawData,
-    start_ns: int,
-    end_ns: int,
-) -> RawData:
-    owner, t_ns, channel = _decision_times(cfg, rng, cust, world, start_ns, end_ns)
-    nd = len(owner)
-    decided = _utc(t_ns)
-    points = pd.DataFrame({"customer_id": cust.ids[owner], "event_timestamp": decided})
-    feats = build_features(world, points)
-    derived = derive_columns({c: feats[c] for c in feats.columns}, decided.to_numpy())
-    truth = causal_model(cust_traits(cust, owner), feats, derived)
-
-    # Logged policies. Promos never go to customers who opted out or unsubscribed (the contract).
-    promo_ok = feats["marketing_opt_in"].to_numpy() & ~feats["unsubscribed"].to_numpy()
-    allowed = np.column_stack([promo_ok, np.ones((nd, 3), bool)])  # order of ACTIONS
-    n_allowed = allowed.sum(axis=1)
-    is_random = rng.random(nd) < cfg.random_share
-    action_idx = np.empty(nd, dtype=np.int64)
-    propensity = np.empty(nd, dtype=np.float64)
-
-    # Random policy: uniform over the allowed actions.
-    u = rng.random(nd)
-    cum = np.cumsum(allowed, axis=1) / n_allowed[:, None]
-    rand_choice = (u[:, None] < cum).argmax(axis=1)
-    action_idx[is_random] = rand_choice[is_random]
-    propensity[is_random] = 1.0 / n_allowed[is_random]
-
-    # rules-v1: apology after a recent uncompensated disruption, recognition after a milestone,
-    # promo to recent abandoners, else nothing; epsilon-greedy (85%) over the allowed actions.
-    preferred = pd.Index(ACTIONS).get_indexer(rules_v1(feats.assign(**derived)))
-    explore = rng.random(nd) < 0.15
-    others = allowed.copy()
-    others[np.arange(nd), preferred] = False
-    o_cum = np.cumsum(others, axis=1) / np.maximum(others.sum(axis=1), 1)[:, None]
-    other_choice = (rng.random(nd)[:, None] < o_cum).argmax(axis=1)
-    rule_choice = np.where(explore, other_choice, preferred)
-    rule_prop = np.where(explore, 0.15 / np.maximum(n_allowed - 1, 1), 0.85)
-    action_idx[~is_random] = rule_choice[~is_random]
-    propensity[~is_random] = rule_prop[~is_random]
-
-    actions_arr = np.array(ACTIONS, dtype=object)
-    chosen = actions_arr[action_idx]
-    rows = np.arange(nd)
-    p_conv = np.column_stack([truth[f"p_convert_{a}"] for a in ACTIONS])[rows, action_idx]
-    p_unsub = np.column_stack([truth[f"p_unsubscribe_{a}"] for a in ACTIONS])[rows, action_idx]
-    converted = rng.random(nd) < p_conv
-    fare = cust.typical_fare[owner] * rng.lognormal(-0.045, 0.3, nd)
-    revenue = np.where(converted, np.round(fare, 2), 0.0)
-    unsubscribed = rng.random(nd) < p_unsub
-
-    decision_ids = _ids("D", nd)
-    actions = pd.DataFrame(
-        {
-            "decision_id": decision_ids,
-            "customer_id": cust.ids[owner],
-            "decided_at": decided,
-            "action": chosen,
-            "policy": np.where(is_random, "random", RULES_V1).astype(object),
-            "propensity": propensity,
-            "channel": channel,
-        }
-    )
-    outcomes = pd.DataFrame(
-        {
-            "decision_id": decision_ids,
-            "converted": converted,
-            "revenue": revenue,
-            "unsubscribed": unsubscribed,
-        }
-    )
-    truth.insert(0, "decision_id", decision_ids)
-
-    # Make the rest of the world agree with the outcomes: a conversion is a booking within the
-    # outcome window, an unsubscribe is an email event (and ends later sends).
-    bookings = _conversion_bookings(rng, cust, owner, t_ns, converted, revenue, world.bookings)
-    email = _decision_unsubscribes(rng, cust, owner, t_ns, unsubscribed, world.email_events)
-    return RawData(
-        customers=world.customers,
-        bookings=bookings,
-        flights=world.flights,
-        service_cases=world.service_cases,
-        web_events=world.web_events,
-        email_events=email,
-        actions=actions,
-        outcomes=outcomes,
-        truth=truth,
-    )
-
-
-@dataclass(frozen=True)
-class Traits:
-    """Latent traits of the customers behind each decision (never written to the raw data)."""
-
-    price_sensitivity: np.ndarray
-    trips_per_year: np.ndarray
-    engagement: np.ndarray
-    typical_fare: np.ndarray
-
-
-def cust_traits(cust: _Customers, owner: np.ndarray) -> Traits:
-    """The latent traits of ``owner`` (customer indices)."""
-    return Traits(
-        price_sensitivity=cust.price_sensitivity[owner],
-        trips_per_year=cust.trips_per_year[owner],
-        engagement=cust.engagement[owner],
-        typical_fare=cust.typical_fare[owner],
-    )
-
-
-def causal_model(
-    traits: Traits, feats: pd.DataFrame, derived: dict[str, np.ndarray]
-) -> pd.DataFrame:
-    """True outcome probabilities and expected revenue of every action (``docs/simulator.md``).
-
-    Returns one row per decision with ``p_convert_<a>``, ``revenue_<a>`` and
-    ``p_unsubscribe_<a>`` for each action ``a``.
-    """
-    ps = traits.price_sensitivity
-    days_neg = np.nan_to_num(derived["days_since_last_negative"], nan=1e9)
-    days_mile = np.nan_to_num(derived["days_since_last_milestone"], nan=1e9)
-    tenure = np.nan_to_num(derived["tenure_days"], nan=0.0)
-    compensated = derived["compensated_since_last_negative"]
-    open_case = feats["open_case_count"].to_numpy() > 0
-    searches7 = feats["searches_7d"].to_numpy() > 0
-    browsing = (feats["abandons_30d"].to_numpy() > 0) | (feats["searches_30d"].to_numpy() >= 3)
-    recent_neg = days_neg <= 14
-    neg30 = days_neg <= 30
-    reachable = feats["marketing_opt_in"].to_numpy() & ~feats["unsubscribed"].to_numpy()
-
-    base = -3.0 + 0.55 * np.log(traits.trips_per_year) + 0.35 * searches7 + 0.3 * browsing
-    base -= 0.4 * open_case
-    hurting = open_case | recent_neg
-    effect = {
-        "none": np.zeros(len(ps)),
-        "promo": np.where(hurting, -0.9, 1.1 * ps * (0.5 + browsing) - 0.25),
-        "apology_credit": np.where(neg30, np.where(compensated, 0.4, 1.0), 0.0),
-        "recognition": np.where(
-            days_mile <= 14, 0.9, np.where(days_mile <= 60, 0.4, 0.15 * (tenure > 5 * 365))
-        ),
-    }
-    unsub_base = -5.2 + 1.2 * (1 - traits.engagement)
-    unsub_effect = {
-        "none": 0.0,
-        "promo": 0.7 + 1.6 * hurting,
-        "apology_credit": -0.3 * neg30,
-        "recognition": -0.2,
-    }
-    out: dict[str, np.ndarray] = {}
-    for a in ACTIONS:
-        p = _sigmoid(base + effect[a])
-        out[f"p_convert_{a}"] = p
-        out[f"revenue_{a}"] = p * traits.typical_fare
-        # Only a reachable customer can unsubscribe from marketing.
-        out[f"p_unsubscribe_{a}"] = np.where(reachable, _sigmoid(unsub_base + unsub_effect[a]), 0.0)
-    return pd.DataFrame(out)
-
-
-def _conversion_bookings(
-    rng: np.random.Generator,
-    cust: _Customers,
-    owner: np.ndarray,
-    t_ns: np.ndarray,
-    converted: np.ndarray,
-    revenue: np.ndarray,
-    bookings: pd.DataFrame,
-) -> pd.DataFrame:
-    """Bookings caused by converted decisions, within the outcome window.
-
-    Their legs are not flown in the simulation, so a decision never changes the disruptions,
-    cases or miles behind the effects of later decisions.
-    """
-    idx = np.flatnonzero(converted)
-    n = len(idx)
-    booked = t_ns[idx] + (rng.random(n) * 29 * DAY_NS).astype(np.int64)
-    origin, dest = _routes(rng, cust.home[owner[idx]])
-    extra = pd.DataFrame(
-        {
-            "booking_id": _ids("B", n, start=len(bookings)),
-            "customer_id": cust.ids[owner[idx]],
-            "booked_at": _utc(booked),
-            "departs_at": _utc(booked + (rng.gamma(2.0, 15.0, n) * DAY_NS).astype(np.int64)),
-            "origin": origin,
-            "destination": dest,
-            "fare": revenue[idx],
-            "currency": np.full(n, "USD", dtype=object),
-            "cabin": np.full(n, "economy", dtype=object),
-            "channel": np.full(n, "web", dtype=object),
-            "status": np.full(n, "confirmed", dtype=object),
-        }
-    )
-    return pd.concat([bookings, extra], ignore_index=True)
-
-
-def _decision_unsubscribes(
-    rng: np.random.Generator,
-    cust: _Customers,
-    owner: np.ndarray,
-    t_ns: np.ndarray,
-    unsubscribed: np.ndarray,
-    email: pd.DataFrame,
-) -> pd.DataFrame:
-    """Unsubscribe events caused by decisions; email activity after one is dropped."""
-    idx = np.flatnonzero(unsubscribed)
-    at = (
-        pd.DataFrame(
-            {
-                "customer_id": cust.ids[owner[idx]],
-                "cut": t_ns[idx] + (rng.random(len(idx)) * 29 * DAY_NS).astype(np.int64),
-            }
-        )
-        .groupby("customer_id")["cut"]
-        .min()
-    )
-    email_ns = email["ts"].to_numpy("datetime64[ns]").astype(np.int64)
-    pos = at.index.get_indexer(email["customer_id"])
-    cut = np.full(len(email), np.iinfo(np.int64).max, dtype=np.int64)
-    cut[pos >= 0] = at.to_numpy(np.int64)[pos[pos >= 0]]
-    keep = email_ns < cut
-    extra = pd.DataFrame(
-        {
-            "customer_id": at.index.to_numpy(object),
-            "ts": _utc(at.to_numpy(np.int64)),
-            "campaign_id": np.full(len(at), "NBA", dtype=object),
-            "event_type": np.full(len(at), "unsubscribe", dtype=object),
-        }
-    )
-    return pd.concat([email[keep], extra], ignore_index=True)

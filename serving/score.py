@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from features.build import count_in_window
+from features.conditions import CHANNELS
 from features.derive import derive_features
 from serving.decider import Decider, Request
-from serving.guardrails import CHANNELS, RuleSet
+from serving.guardrails import RuleSet
 from serving.history import COUNTS, MARKETING
 from serving.holdout import Holdout
 from serving.policy import ACTIONS, arbitrate_batch, evaluate_batch

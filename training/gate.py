@@ -47,6 +47,30 @@ LOCK_SUFFIX: Final = ".gate.lock"
 
 
 @dataclass(frozen=True)
+class BaselineCheck:
+    """The candidate's doubly-robust gain over a baseline policy on the held-out decisions:
+    per decision, with the lower end of its 95% interval (paired, clustered by customer)."""
+
+    baseline: str
+    gain: float
+    lower: float
+
+
+def baseline_refusal(checks: tuple[BaselineCheck, ...]) -> str | None:
+    """Why the candidate may not be promoted over the baselines, or None when it may.
+
+    A candidate must beat doing nothing and the rule policy beyond noise (each lower bound
+    above 0): a policy no better than the rules a brand already runs is not worth a change."""
+    for check in checks:
+        if not (math.isfinite(check.lower) and check.lower > 0):
+            return (
+                f"not better than {check.baseline} beyond noise: gain {check.gain:+.2f} a "
+                f"decision, 95% lower bound {check.lower:+.2f} <= 0"
+            )
+    return None
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """What the gate decided for a candidate version, and why.
 
@@ -108,6 +132,7 @@ def compare_and_promote(
     force: bool = False,
     min_improvement: float = 0.0,
     on_read: Callable[[int | None], None] | None = None,
+    baselines: tuple[BaselineCheck, ...] = (),
 ) -> GateDecision:
     """Compare ``version`` with the champion of the moment and promote it if the rule says so.
 
@@ -116,7 +141,8 @@ def compare_and_promote(
     read now differs, ``value_of(current)`` evaluates it on the candidate's data (once per
     version). ``promote(version)`` moves the
     alias. ``on_read`` is called with each champion read, before anything is decided: tests
-    inject a pause there to make a race certain.
+    inject a pause there to make a race certain. ``baselines``: the candidate's gains over
+    the baseline policies (``decide``).
 
     Raises ``ValueError`` when the champion moved, the gate is not forced and there is no
     ``value_of`` to evaluate the new one with; ``RuntimeError`` when it kept moving.
@@ -127,7 +153,9 @@ def compare_and_promote(
         if on_read is not None:
             on_read(current)
         value = _value_of(current, known, value_of, force)
-        promoted, reason = decide(version, candidate_value, value, current, force, min_improvement)
+        promoted, reason = decide(
+            version, candidate_value, value, current, force, min_improvement, baselines
+        )
         if promoted and current != version:
             # Narrows the window for a gate that takes no lock (another host): see the module
             # docstring. On one host the lock already excludes any move.
@@ -184,11 +212,14 @@ def decide(
     champion_version: int | None,
     force: bool,
     min_improvement: float,
+    baselines: tuple[BaselineCheck, ...] = (),
 ) -> tuple[bool, str]:
     """The gate's rule: ``(promoted, reason)``.
 
     Promotes when ``force``; otherwise never when there is no champion yet (the first model
-    needs an explicit ``--force``), else when ``candidate > champion_value + min_improvement``.
+    needs an explicit ``--force``), nor when a ``baselines`` check fails (its gain's lower
+    bound is not above 0: the champion, or the rules where it serves them, stays), else when
+    ``candidate > champion_value + min_improvement``.
     """
     if champion_version is None:
         if force:
@@ -204,6 +235,9 @@ def decide(
         )
     if champion_version == version:
         return True, f"v{version} is already the champion"
+    refusal = baseline_refusal(baselines)
+    if refusal is not None:
+        return False, f"{refusal}; champion v{champion_version} kept"
     if champion_value is None:
         raise ValueError(
             f"champion v{champion_version} exists but champion_value is None: evaluate it on the "
@@ -232,7 +266,9 @@ def _fmt(value: float | None) -> str:
 
 __all__ = [
     "LOCK_TIMEOUT_S",
+    "BaselineCheck",
     "GateDecision",
+    "baseline_refusal",
     "champion_lock",
     "compare_and_promote",
     "decide",

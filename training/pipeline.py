@@ -17,6 +17,7 @@ import pandas as pd
 
 from features.contract import RawData
 from training import plots
+from training.baselines import rules_v1
 from training.dataset import (
     TrainingSet,
     assemble,
@@ -26,8 +27,11 @@ from training.dataset import (
     time_split,
 )
 from training.evaluate import Evaluation, evaluate, fit_reward_model, learned_choice
+from training.gate import BaselineCheck
 from training.metrics import policy_value_se
+from training.policy_learning import aipw_scores, feasible
 from training.reference import REFERENCE_ARTIFACT, build_reference
+from training.selection import value_table
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts, realized_value
 
@@ -68,6 +72,33 @@ def champion_dr_value(
     ).value
 
 
+def baseline_checks(
+    chosen: np.ndarray, test: TrainingSet, q_hat: np.ndarray, costs: ActionCosts
+) -> tuple[BaselineCheck, ...]:
+    """The candidate's DR gains over doing nothing and over ``rules-v1`` on the held-out
+    decisions, paired and clustered by customer (``training.selection.value_table``).
+
+    The candidate is judged as served: promos the contract forbids become ``none`` (the
+    guardrails' job in the service), as their value there would be the reward model's guess."""
+    action = test.decisions["action"].to_numpy(object)
+    reward = realized_value(action, test.outcomes["revenue"], test.outcomes["unsubscribed"], costs)
+    scores = aipw_scores(q_hat, action, test.decisions["propensity"].to_numpy(np.float64), reward)
+    table = value_table(
+        {
+            "candidate": feasible(chosen, test.features),
+            "none": np.full(len(test), "none", dtype=object),
+            "rules": rules_v1(test.features),
+        },
+        scores,
+        test.decisions["customer_id"].to_numpy(object),
+    )
+    row = table.loc["candidate"]
+    return (
+        BaselineCheck("none", float(row["gain_vs_none"]), float(row["lb_vs_none"])),
+        BaselineCheck("rules-v1", float(row["gain_vs_rules"]), float(row["lb_vs_rules"])),
+    )
+
+
 def run_training(
     raw: RawData,
     historical: Callable[[pd.DataFrame], pd.DataFrame],
@@ -79,8 +110,12 @@ def run_training(
     test_share: float = 0.2,
     stage: Callable[[str], None] = lambda _label: None,
     source: str = "",
+    gate_baselines: bool = True,
 ) -> TrainResult:
-    """Train, evaluate, log, register and gate one model (see the module docstring)."""
+    """Train, evaluate, log, register and gate one model (see the module docstring).
+
+    ``gate_baselines``: the gate also requires the candidate to beat ``none`` and ``rules-v1``
+    beyond noise (``baseline_checks``; the ``NBA_GATE_BASELINES`` setting)."""
     costs = costs or ActionCosts()
     stage(f"retrieving features at {len(raw.actions):,} decisions (Feast, point in time)")
     stored = historical(entity_frame(raw))
@@ -102,6 +137,7 @@ def run_training(
     evaluation = evaluate(model, test, reward_model, costs)
     candidate_value = float(evaluation.policy_table.loc["learned", "dr"])
     q_hat = reward_model.predict(test.X)
+    checks = baseline_checks(evaluation.chosen, test, q_hat, costs) if gate_baselines else ()
 
     def value_of(version: int) -> float:
         """A champion's DR value on this candidate's held-out decisions (same q_hat)."""
@@ -151,5 +187,6 @@ def run_training(
             force=force,
             compared_with=champion_version,
             value_of=value_of,
+            baselines=checks,
         )
     return TrainResult(evaluation, version, run_id, decision, len(train), len(test))

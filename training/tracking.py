@@ -57,7 +57,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 # The gate's rule and compare-and-set live in training.gate (no MLflow there); re-exported.
-from training.gate import GateDecision, champion_lock, compare_and_promote
+from training.gate import BaselineCheck, GateDecision, champion_lock, compare_and_promote
 from training.reroot import reroot
 
 if TYPE_CHECKING:
@@ -387,6 +387,7 @@ class Tracker:
         compared_with: int | Literal["current"] | None = "current",
         value_of: Callable[[int], float] | None = None,
         on_read: Callable[[int | None], None] | None = None,
+        baselines: tuple[BaselineCheck, ...] = (),
     ) -> GateDecision:
         """Decide whether ``version`` becomes the champion, move the alias if so, record why.
 
@@ -401,9 +402,11 @@ class Tracker:
         Promotes when ``force``; otherwise never when there is no champion yet (the first model
         needs an explicit ``--force``), else when ``candidate_value > champion_value +
         min_improvement`` (both the same policy-value estimate, higher is better, on the same
-        evaluation data). The decision (with the champion it was compared with and its value)
-        is stored as ``gate.*`` tags on the model version and on its run, and the version is
-        tagged ``nba.status=gated``. ``on_read`` is a test seam (see ``compare_and_promote``).
+        evaluation data) and, given ``baselines``, its gains over them have positive lower
+        bounds (``training.gate.decide``). The decision (with the champion it was compared
+        with and its value) is stored as ``gate.*`` tags on the model version and on its run,
+        and the version is tagged ``nba.status=gated``. ``on_read`` is a test seam (see
+        ``compare_and_promote``).
 
         Raises ``ValueError`` for a version marked failed, when a champion exists, ``force``
         is off and its value is unknown, and ``TimeoutError`` when another gate holds the lock
@@ -437,6 +440,7 @@ class Tracker:
                 force=force,
                 min_improvement=min_improvement,
                 on_read=on_read,
+                baselines=baselines,
             )
         value, current_version = decision.champion_value, decision.champion_version
         tags = {
@@ -447,6 +451,9 @@ class Tracker:
             "gate.reason": decision.reason,
             "gate.forced": _flag(force),
         }
+        for check in baselines:
+            tags[f"gate.gain_vs_{check.baseline}"] = f"{check.gain:.6g}"
+            tags[f"gate.lower_bound_vs_{check.baseline}"] = f"{check.lower:.6g}"
         for key, text in tags.items():
             client.set_model_version_tag(self.model_name, str(version), key, text)
         if mv.run_id:

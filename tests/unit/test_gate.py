@@ -15,7 +15,9 @@ import pytest
 from training.gate import (
     LOCK_SUFFIX,
     MAX_ATTEMPTS,
+    BaselineCheck,
     GateDecision,
+    baseline_refusal,
     champion_lock,
     compare_and_promote,
     lock_path,
@@ -146,3 +148,28 @@ def test_lock_excludes_other_holders_and_has_a_deadline(tmp_path: Path) -> None:
         events.append("second in")
     thread.join()
     assert events == ["first in", "first out", "second in"]
+
+
+def test_a_candidate_not_beating_the_baselines_beyond_noise_is_refused_with_the_reason() -> None:
+    registry = Registry(champion=1)
+    checks = (
+        BaselineCheck("none", gain=3.0, lower=1.0),
+        BaselineCheck("rules-v1", gain=0.8, lower=-0.4),
+    )
+    decision = gate(registry, 7, 5.0, (1, 1.0), baselines=checks)
+    assert not decision.promoted
+    assert registry.promoted == []
+    assert decision.reason == (
+        "not better than rules-v1 beyond noise: gain +0.80 a decision, 95% lower bound -0.40 "
+        "<= 0; champion v1 kept"
+    )
+    sure = (BaselineCheck("none", 3.0, 1.0), BaselineCheck("rules-v1", 0.8, 0.1))
+    assert gate(Registry(champion=1), 7, 5.0, (1, 1.0), baselines=sure).promoted
+    # --force still overrides (the way out when the baselines cannot be estimated).
+    assert gate(Registry(champion=1), 7, 5.0, (1, 1.0), baselines=checks, force=True).promoted
+
+
+def test_baseline_refusal_names_the_first_failing_baseline_and_a_missing_bound() -> None:
+    assert baseline_refusal(()) is None
+    nan_check = (BaselineCheck("none", 1.0, float("nan")),)
+    assert "not better than none beyond noise" in str(baseline_refusal(nan_check))

@@ -128,7 +128,9 @@ def test_blocking_decide_also_withholds_a_promo_it_cannot_record() -> None:
 
 
 def test_a_refused_or_failed_credit_is_decided_again_without_it() -> None:
-    rows = {"C1": quiet_customer(last_negative_at=_ago(2), last_negative_kind="cancellation",
+    # A complaint: after an uncompensated cancellation no recognition is given at all
+    # (no_recognition_after_uncompensated_disruption), so there would be no fallback to see.
+    rows = {"C1": quiet_customer(last_negative_at=_ago(2), last_negative_kind="complaint",
                                  last_milestone_at=_ago(3))}  # fmt: skip
     for take in (False, ConnectionError("redis down")):
         decider = make(rows, {"apology_credit": 0.3, "recognition": 0.01})

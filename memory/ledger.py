@@ -200,8 +200,9 @@ class Memory:
                     )
                 )
             else:  # its closing arrived first: the case is folded as opened, then closed
-                if waiting_for_other:
-                    values.update(customer_id=customer_id, closed_at=None, compensated=False)
+                if waiting_for_other:  # this customer's own earlier closing, if any, counts
+                    mine = self._own_closing(tx, customer_id, str(case_id))
+                    values.update(customer_id=customer_id, closed_at=mine, compensated=False)
                 tx.execute(CASES.update().where(CASES.c.case_id == str(case_id)).values(**values))
             return True, None
         if kind == "compensation_granted":
@@ -234,6 +235,18 @@ class Memory:
             .values(closed_at=at, compensated=bool(row.compensated or payload.get("compensated")))
         )
         return True, None
+
+    def _own_closing(self, tx: sa.Connection, customer_id: str, case_id: str) -> int | None:
+        """The time (micros) of the customer's first closing of ``case_id`` in the ledger."""
+        rows = tx.execute(
+            sa.select(LEDGER.c.ts, LEDGER.c.payload)
+            .where(LEDGER.c.customer_id == customer_id, LEDGER.c.type == "case_closed")
+            .order_by(LEDGER.c.ts)
+        ).all()
+        for row in rows:
+            if row.payload and str(json.loads(row.payload).get("case_id")) == case_id:
+                return int(row.ts)
+        return None
 
     def _state_for_update(
         self, tx: sa.Connection, customer_id: str, seed: Mapping[str, Any] | None

@@ -441,10 +441,11 @@ class Memory:
     ) -> list[str]:
         """Make the memory agree with a rebuild that folded the ledger up to ``folded_seq``.
 
-        The cases become the merged export's (``memory.rebuild.merge``), plus closings still
-        waiting for their opening; the flight manifest gains the export's numbered legs; the
-        states of the export's customers that no later event touched are dropped (the online
-        store now serves them as rebuilt).
+        The cases of the merged export (``memory.rebuild.merge``) replace the memory's rows of
+        those ids, with the case events after ``folded_seq`` applied again; other rows stay.
+        The flight manifest gains the export's numbered legs; the states of the export's
+        customers that no later event touched are dropped (the online store now serves them as
+        rebuilt).
 
         Returns:
             The customers whose state must be folded again over the rebuilt row (``refold``):
@@ -467,9 +468,11 @@ class Memory:
         numbered = flights.dropna(subset=["flight_number"]) if "flight_number" in flights else None
         merged_ids = [row["case_id"] for row in rows]
         with self.db.begin() as tx:
-            tx.execute(CASES.delete().where(CASES.c.opened_at.is_not(None)))
-            # A closing kept waiting for its opening gives way to the merged row of its case
-            # (``merge`` applied it there, or it arrived after the mark and is replayed below).
+            # The merged export's cases replace the memory's rows of those ids (a closing kept
+            # waiting for its opening included: ``merge`` applied it, or it arrived after the
+            # mark and is replayed below). The memory's other rows stay as they are: cases
+            # known from events only (opened after the mark, of a customer the export lacks,
+            # or closed before the mark and opened after it) would otherwise be forgotten.
             for start in range(0, len(merged_ids), 500):
                 tx.execute(
                     CASES.delete().where(CASES.c.case_id.in_(merged_ids[start : start + 500]))
@@ -487,8 +490,11 @@ class Memory:
                 )
                 .order_by(LEDGER.c.seq)
             ).all()
+            replaced = set(merged_ids)
             for r in later:
                 payload = json.loads(r.payload) if r.payload else {}
+                if str(payload.get("case_id")) not in replaced:
+                    continue  # its row was kept, with this event applied
                 at = pd.Timestamp(from_micros(r.ts))
                 self._apply_case(tx, r.customer_id, r.type, at, payload)
             if numbered is not None:
@@ -532,6 +538,13 @@ class Memory:
                 .order_by(LEDGER.c.seq)
             ).all()
             state = folding.with_defaults(base) if base else current
+            if base:
+                # The served row keeps no consent times: without them a re-consent refolded
+                # here would lift an unsubscribe made after it. They are latest-times, so the
+                # memory's own (which may include the events refolded below) are safe to keep.
+                for name in ("consent_ts", "reconsent_ts", "unsub_ts"):
+                    if current.get(name) is not None:
+                        state[name] = current[name]
             for r in rows:
                 payload = json.loads(r.payload) if r.payload else {}
                 state, _ = folding.fold(state, {"type": r.type, "ts": from_micros(r.ts), **payload})

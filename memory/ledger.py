@@ -310,8 +310,9 @@ class Memory:
                     )
                 )
             else:  # its closing arrived first: the case is folded as opened, then closed
-                if waiting_for_other:
-                    values.update(customer_id=customer_id, closed_at=None, compensated=False)
+                if waiting_for_other:  # this customer's own earlier closing, if any, counts
+                    mine = self._own_closing(tx, customer_id, str(case_id))
+                    values.update(customer_id=customer_id, closed_at=mine, compensated=False)
                 tx.execute(CASES.update().where(CASES.c.case_id == str(case_id)).values(**values))
             return True, None
         if kind == "compensation_granted":
@@ -344,6 +345,18 @@ class Memory:
             .values(closed_at=at, compensated=bool(row.compensated or payload.get("compensated")))
         )
         return True, None
+
+    def _own_closing(self, tx: sa.Connection, customer_id: str, case_id: str) -> int | None:
+        """The time (micros) of the customer's first closing of ``case_id`` in the ledger."""
+        rows = tx.execute(
+            sa.select(LEDGER.c.ts, LEDGER.c.payload)
+            .where(LEDGER.c.customer_id == customer_id, LEDGER.c.type == "case_closed")
+            .order_by(LEDGER.c.ts)
+        ).all()
+        for row in rows:
+            if row.payload and str(json.loads(row.payload).get("case_id")) == case_id:
+                return int(row.ts)
+        return None
 
     def _state_for_update(
         self, tx: sa.Connection, customer_id: str, seed: Mapping[str, Any] | None
@@ -569,10 +582,11 @@ class Memory:
     ) -> list[str]:
         """Make the memory agree with a rebuild that folded the ledger up to ``folded_seq``.
 
-        The cases become the merged export's (``memory.rebuild.merge``), plus closings still
-        waiting for their opening; the flight manifest gains the export's numbered legs; the
-        states of the export's customers that no later event touched are dropped (the online
-        store now serves them as rebuilt).
+        The cases of the merged export (``memory.rebuild.merge``) replace the memory's rows of
+        those ids, with the case events after ``folded_seq`` applied again; other rows stay.
+        The flight manifest gains the export's numbered legs; the states of the export's
+        customers that no later event touched are dropped (the online store now serves them as
+        rebuilt).
 
         Returns:
             The customers whose state must be folded again over the rebuilt row (``refold``):
@@ -595,9 +609,11 @@ class Memory:
         numbered = flights.dropna(subset=["flight_number"]) if "flight_number" in flights else None
         merged_ids = [row["case_id"] for row in rows]
         with self.db.begin() as tx:
-            tx.execute(CASES.delete().where(CASES.c.opened_at.is_not(None)))
-            # A closing kept waiting for its opening gives way to the merged row of its case
-            # (``merge`` applied it there, or it arrived after the mark and is replayed below).
+            # The merged export's cases replace the memory's rows of those ids (a closing kept
+            # waiting for its opening included: ``merge`` applied it, or it arrived after the
+            # mark and is replayed below). The memory's other rows stay as they are: cases
+            # known from events only (opened after the mark, of a customer the export lacks,
+            # or closed before the mark and opened after it) would otherwise be forgotten.
             for start in range(0, len(merged_ids), 500):
                 tx.execute(
                     CASES.delete().where(CASES.c.case_id.in_(merged_ids[start : start + 500]))
@@ -615,8 +631,11 @@ class Memory:
                 )
                 .order_by(LEDGER.c.seq)
             ).all()
+            replaced = set(merged_ids)
             for r in later:
                 payload = json.loads(r.payload) if r.payload else {}
+                if str(payload.get("case_id")) not in replaced:
+                    continue  # its row was kept, with this event applied
                 at = pd.Timestamp(from_micros(r.ts))
                 self._apply_case(tx, r.customer_id, r.type, at, payload)
             if numbered is not None:
@@ -660,6 +679,13 @@ class Memory:
                 .order_by(LEDGER.c.seq)
             ).all()
             state = folding.with_defaults(base) if base else current
+            if base:
+                # The served row keeps no consent times: without them a re-consent refolded
+                # here would lift an unsubscribe made after it. They are latest-times, so the
+                # memory's own (which may include the events refolded below) are safe to keep.
+                for name in ("consent_ts", "reconsent_ts", "unsub_ts"):
+                    if current.get(name) is not None:
+                        state[name] = current[name]
             for r in rows:
                 payload = json.loads(r.payload) if r.payload else {}
                 state, _ = folding.fold(state, {"type": r.type, "ts": from_micros(r.ts), **payload})

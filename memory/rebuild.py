@@ -104,10 +104,13 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
     legs = {key: i for i, key in enumerate(_leg_keys(flights))} if len(flights) else {}
     by_booking = {key: i for i, key in enumerate(_booking_keys(flights))} if len(flights) else {}
     booking_ids = set(bookings["booking_id"].astype(str))
-    unsub_days = set(
-        (email["customer_id"].astype(str) + "|" + _day(email["ts"]))[
-            email["event_type"] == "unsubscribe"
-        ]
+    # The latest unsubscribe of each customer and day ("customer|day" -> ts).
+    unsubs = email[email["event_type"] == "unsubscribe"]
+    unsub_days: dict[str, pd.Timestamp] = (
+        unsubs.assign(key=unsubs["customer_id"].astype(str) + "|" + _day(unsubs["ts"]))
+        .groupby("key")["ts"]
+        .max()
+        .to_dict()
     )
     currency = str(bookings["currency"].mode().iloc[0]) if len(bookings) else "USD"
     #: Legs added from events: "customer|flight_number|day" -> index in ``new_flights``.
@@ -263,8 +266,11 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
             )
         elif kind == "unsubscribe":
             key = f"{customer}|{ts.strftime('%Y-%m-%d')}"
-            if key not in unsub_days:
-                unsub_days.add(key)
+            known, lifted = unsub_days.get(key), reconsent.get(customer)
+            # The same day's unsubscribe is the same fact, unless a re-consent since lifted it
+            # (it is dropped below, and this one must stay).
+            if known is None or (lifted is not None and known <= lifted < ts):
+                unsub_days[key] = ts
                 new_email.append(
                     {
                         "customer_id": customer,

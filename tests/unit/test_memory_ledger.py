@@ -420,6 +420,11 @@ def test_a_closing_by_another_customer_does_not_block_the_owners_opening(memory:
     assert opened.applied, opened.note
     assert memory.open_cases("A") == ["K1"] and memory.open_cases("B") == []
     assert opened.state is not None and opened.state["open_case_count"] == 1
+    # A stray closing first, then the owner's own closing, then the opening: closed.
+    memory.append(event("B", "case_closed", T, case_id="K2"))
+    assert not memory.append(event("A", "case_closed", T, case_id="K2")).applied
+    late = memory.append(event("A", "case_opened", T - timedelta(minutes=1), case_id="K2"))
+    assert late.applied and memory.open_cases("A") == ["K1"]
     # The rebuild agrees: B's closing closes nothing there either.
     mark = memory.high_water()
     raw = tiny_raw()

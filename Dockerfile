@@ -38,6 +38,7 @@ WORKDIR /srv/nba
 COPY pyproject.toml README.md requirements.lock ./
 COPY nba ./nba
 COPY features ./features
+COPY memory ./memory
 COPY training ./training
 COPY serving ./serving
 COPY monitoring ./monitoring

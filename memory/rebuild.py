@@ -266,10 +266,10 @@ def merge(raw: RawData, events: pd.DataFrame) -> RawData:
             )
         elif kind == "unsubscribe":
             key = f"{customer}|{ts.strftime('%Y-%m-%d')}"
-            known, lifted = unsub_days.get(key), reconsent.get(customer)
+            stored, lifted = unsub_days.get(key), reconsent.get(customer)
             # The same day's unsubscribe is the same fact, unless a re-consent since lifted it
             # (it is dropped below, and this one must stay).
-            if known is None or (lifted is not None and known <= lifted < ts):
+            if stored is None or (lifted is not None and stored <= lifted < ts):
                 unsub_days[key] = ts
                 new_email.append(
                     {

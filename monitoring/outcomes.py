@@ -20,6 +20,7 @@ Pure pandas/numpy over frames: the CLI reads and writes the files.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,6 +114,31 @@ def fares_in_base(bookings: pd.DataFrame, fx_rates: dict[str, float] | None = No
     return fares * currencies.map(rates).to_numpy(np.float64)
 
 
+def superseded_dropped(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The decisions without those a trigger's service action replaced.
+
+    A triggered decision that came back ``none`` while its action was eligible is sent as a
+    service message: the log then holds the model's ``none`` row and the service row, whose
+    ``context`` names the first (``service_action_of``). One decision was carried out, so the
+    ``none`` row is dropped (else outcomes and impact would count it twice).
+    """
+    frame = decisions.copy()
+    if "context" not in frame or "policy" not in frame:
+        return frame
+    served = frame.loc[frame["policy"].isin(["service_action", "holdout"]), "context"].dropna()
+    replaced = set()
+    for text in served:
+        try:
+            value = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value.get("service_action_of"):
+            replaced.add(str(value["service_action_of"]))
+    if not replaced:
+        return frame
+    return frame[~frame["decision_id"].isin(replaced)].reset_index(drop=True)
+
+
 def observe(
     decisions: pd.DataFrame,
     customers: pd.DataFrame,
@@ -134,7 +160,7 @@ def observe(
         fx_rates: see ``fares_in_base``.
     """
     end = as_of if as_of is not None else data_end(bookings, email_events)
-    frame = decisions.copy()
+    frame = superseded_dropped(decisions)
     frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
     known = frame["customer_id"].isin(set(customers["customer_id"]))
     unknown = int((~known).sum())

@@ -312,11 +312,10 @@ class Triggered:
         best = max(eligible, key=lambda r: _value(r["expected_value"]))
         action, now = best["action"], self._clock()
         decider = self.decider
-        if action == "apology_credit":
-            if not self._take_apology(request.customer_id, now):
-                return None
-        elif action == "promo":
-            decider.history.add(request.customer_id, now)  # raises: not given (retried)
+        if action == "apology_credit" and not self._take_apology(request.customer_id, now):
+            return None
+        # Every action given is a contact, as in Decider: raises, not given (retried).
+        decider.history.add(request.customer_id, now, action, request.channel)
         value = best["expected_value"]
         reason = (
             f"service message: trigger {trigger.name} sends {action} whenever it is eligible"
@@ -355,7 +354,9 @@ class Triggered:
             "customer_id": request.customer_id,
             "decided_at": now,
             "action": answer["action"],
-            "policy": "service_action",
+            # A control-group customer keeps policy holdout (a service action is allowed to
+            # them by NBA_HOLDOUT_SERVICE): nba impact still counts them as control.
+            "policy": "holdout" if answer.get("holdout") else "service_action",
             "propensity": 1.0,
             "channel": request.channel,
             "model_version": answer["model_version"],

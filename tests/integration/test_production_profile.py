@@ -131,6 +131,8 @@ def loop(
     host, port = postgres_address
     run_id = uuid.uuid4().hex[:10]
     registry_db, tracking_db = f"nba_it_{run_id}_registry", f"nba_it_{run_id}_mlflow"
+    # The customer memory's database is created by the service on first use (memory.store).
+    memory_db = f"nba_it_{run_id}_memory"
     root = tmp_path_factory.mktemp("production")
     repo = feature_repo_copier(root / "repo", f"nba_it_{run_id}")
     for database in (registry_db, tracking_db):
@@ -150,6 +152,7 @@ def loop(
         "NBA_FEATURE_REPO": str(repo),
         "NBA_REDIS_URL": redis_url,
         "NBA_REGISTRY_URL": registry_url,
+        "NBA_MEMORY_URL": f"postgresql+psycopg2://postgres@{host}:{port}/{memory_db}",
         "NBA_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{tracking_port}",
         "NBA_ENVIRONMENT": f"it-{run_id}",
         "NBA_DECISION_LOG_DIR": str(root / "logs" / "decisions"),
@@ -194,7 +197,7 @@ def loop(
             if keys:
                 client.delete(*keys)
         client.close()
-        for database in (registry_db, tracking_db):
+        for database in (registry_db, tracking_db, memory_db):
             postgres_admin(host, port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         shutil.rmtree(root, ignore_errors=True)
         unset.undo()

@@ -19,9 +19,9 @@ import pandas as pd
 from features import decision_log, schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
+from memory.store import micros as _micros
 from serving.decision import NEW_VISITOR, Request, _brief, apology_key
 from serving.history import COUNTS, Contact, ContactHistory, contact_counts
-from serving.history import micros as _micros
 from serving.holdout import HOLDOUT_REASON, HOLDOUT_RULE, policy_label
 from serving.policy import NONE, Decision, Ranked, choose, evaluate_batch, ranking_order
 

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from memory.store import micros
 from serving.deadline import Breaker, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,6 @@ COUNTS: Final = (
     "apology_credits_30d",
 )
 _DAY_US: Final = 86_400_000_000
-
-
-def micros(moment: datetime) -> int:
-    """Epoch microseconds of a tz-aware time."""
-    return int(moment.timestamp() * 1_000_000)
 
 
 def contact_counts(

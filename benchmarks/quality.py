@@ -12,9 +12,9 @@ data only), then fit every method on all training decisions and score it on the 
 over the actions the contract allows (no promo to a customer who opted out or unsubscribed:
 every policy's promos there become ``none``, and the oracle's too).
 
-1 is the oracle, 0 doing nothing. ``rules`` is ``rules-v1`` (the logged rule policy), ``rule
-file`` the shipped ``serving/rules.yaml`` as written, ``hybrid`` that file judged by the data
-with confident learned overrides (``training.priors``). In a world where nothing has an effect
+1 is the oracle, 0 doing nothing. ``rules`` is the shipped rule policy ``serving/rules.yaml``
+as written, ``hybrid`` that file judged by the data with confident learned overrides
+(``training.priors``). In a world where nothing has an effect
 the oracle is ``none`` and the share is undefined; the table then shows the true value per
 decision against ``none`` (``Δ$``, 0 at best). ``selected`` is the policy selection chose (its
 name in the last column).
@@ -54,8 +54,9 @@ from nba.simulate import SimulationConfig, simulate
 from nba.worlds import PRESETS
 from training import metrics
 from training.dataset import assemble, entity_frame, time_split
-from training.policy_learning import feasible, promo_allowed
+from training.policy_learning import promo_allowed
 from training.selection import default_learners, select
+from training.served import choose_names
 from training.value import ActionCosts, true_value
 
 console = Console(width=220)
@@ -82,7 +83,7 @@ def run_world(
     v_oracle = metrics.true_policy_value(metrics.oracle_policy(truth, ACTIONS), truth, ACTIONS)
     row: dict[str, object] = {"world": name, "decisions": len(data)}
     for method, learn in learners.items():
-        chosen = feasible(learn(train, selection.scores)(test.X, test.features), test.features)
+        chosen = choose_names(learn(train, selection.scores), test.X, test.features)
         value = metrics.true_policy_value(chosen, truth, ACTIONS)
         if v_oracle - v_none > 1e-9:
             row[method] = metrics.captured_share(value, v_none, v_oracle)

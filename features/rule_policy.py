@@ -75,6 +75,13 @@ class RulePolicy:
         actions = np.array([r.action for r in self.rules] + [self.default], dtype=object)
         return actions[self.segments(features)]  # -1 picks the default, the last entry
 
+    def segment_one(self, values: Mapping[str, Any]) -> int:
+        """Index of the first rule matching one customer's feature values, -1 if none does."""
+        for i, rule in enumerate(self.rules):
+            if rule.condition.scalar(values) is True:
+                return i
+        return -1
+
     def choose_one(self, values: Mapping[str, Any]) -> tuple[str, str | None]:
         """(action, matching rule's name or None) for one customer's feature values."""
         for rule in self.rules:

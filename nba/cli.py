@@ -290,7 +290,9 @@ def train(
     """Train and evaluate on the decisions of --raw, log to MLflow, register, gate the
     champion."""
     from features.contract import load_raw
+    from features.rule_policy import RulePolicyError, load_rule_policy
     from training.pipeline import run_training
+    from training.selection import UnknownCandidate
     from training.tracking import Tracker
 
     settings = load_settings()
@@ -318,20 +320,30 @@ def train(
         artifact_location=settings.mlflow_artifact_location,
         experiment=settings.mlflow_experiment,
     )
-    with output.Stages("training", total=5) as stage:
+    try:
+        rule_policy = load_rule_policy(settings.rule_policy)
+    except RulePolicyError as error:
+        raise CliError(f"the rule policy (NBA_RULE_POLICY): {error}") from None
+    with output.Stages("training", total=6) as stage:
         stage(f"validating {raw}")
         world = load_raw(raw)
-        result = run_training(
-            world,
-            adapter.historical,
-            tracker,
-            params,
-            costs=settings.action_costs(),
-            force=force,
-            stage=stage,
-            source=str(raw),
-            gate_baselines=settings.gate_baselines,
-        )
+        try:
+            result = run_training(
+                world,
+                adapter.historical,
+                tracker,
+                params,
+                costs=settings.action_costs(),
+                force=force,
+                stage=stage,
+                source=str(raw),
+                gate_baselines=settings.gate_baselines,
+                rule_policy=rule_policy,
+                candidates=settings.train_candidates,
+                confident_only=settings.act_only_when_confident,
+            )
+        except UnknownCandidate as error:
+            raise CliError(f"NBA_TRAIN_CANDIDATES: {error}") from None
     report.print_evaluation(result)
 
 

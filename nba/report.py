@@ -51,10 +51,34 @@ def print_evaluation(result: Any) -> None:
         share = ev.metrics["oracle_share_captured"]
         out.print(f"share of the oracle's incremental value captured (true): {share:.1%}")
     mix = ", ".join(f"{a} {ev.metrics[f'share_chosen_{a}']:.0%}" for a in ACTION_NAMES)
-    out.print(f"learned policy's action mix: {mix}")
+    out.print(f"selected policy's action mix: {mix}")
+    if result.selection is not None:
+        print_selection(result.selection, result.served)
     gate = result.gate
     verdict = "[green]promoted to champion[/]" if gate.promoted else "[yellow]not promoted[/]"
     out.print(f"nba-uplift version {result.version}: {verdict} ({gate.reason})")
+
+
+def print_selection(selection: Any, served: Any) -> None:
+    """The cross-fitted comparison of the candidate policies, the choice and why."""
+    out = output.out
+    table = Table(
+        title="policy selection: cross-fitted doubly-robust value per decision on the training "
+        "decisions, gains paired, 95% lower bounds (lb)"
+    )
+    cols = ["policy", "value", "s.e.", "gain vs none", "lb", "gain vs rules", "lb "]
+    for col in cols:
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, row in selection.table.iterrows():
+        mark = " [bold]<[/]" if name == selection.selected else ""
+        table.add_row(f"{name}{mark}", fmt(row["value"]), fmt(row["se"]),
+                      fmt(row["gain_vs_none"]), fmt(row["lb_vs_none"]),
+                      fmt(row.get("gain_vs_rules")), fmt(row.get("lb_vs_rules")))  # fmt: skip
+    out.print(table)
+    out.print(f"selected: {selection.reason}")
+    if served is not None:
+        for line in served.describe()[1:]:
+            out.print(f"  {line}", markup=False, highlight=False)
 
 
 def print_drift(summary: dict[str, Any]) -> None:

@@ -39,6 +39,7 @@ PATH_FIELDS = (
     "feature_repo",
     "guardrails",
     "triggers",
+    "rule_policy",
     "decision_log_dir",
     "events_log_dir",
     "promo_history_path",
@@ -142,6 +143,11 @@ class Settings(BaseSettings):
     triggers: Path = Field(
         default=Path("triggers.yaml"),
         description="The trigger rules file (serving/triggers.py), validated at start-up.",
+    )
+    rule_policy: Path = Field(
+        default=Path("rules.yaml"),
+        description="The brand's rule policy (features/rule_policy.py): segment -> action, "
+        "the baseline every learned policy must beat and the prior the hybrid starts from.",
     )
     decision_log_dir: Path = Field(
         default=Path("logs/decisions"),
@@ -373,8 +379,20 @@ class Settings(BaseSettings):
     gate_baselines: bool = Field(
         default=True,
         description="The champion gate also requires a candidate's doubly-robust gains over "
-        "doing nothing and over rules-v1 on the held-out decisions to have positive 95% lower "
-        "bounds (off: only the comparison with the champion).",
+        "doing nothing and over the rule policy (rule_policy) on the held-out decisions to "
+        "have positive 95% lower bounds (off: only the comparison with the champion).",
+    )
+    train_candidates: list[str] | None = Field(
+        default=None,
+        description="nba train: the candidate policies compared by cross-fitted doubly-robust "
+        "value (training/selection.py CANDIDATES; default all of them); none and the rule "
+        "policy are always compared.",
+    )
+    act_only_when_confident: bool = Field(
+        default=False,
+        description="nba train selects only policies that take an action over none where the "
+        "95% lower bound of its value is positive (a confident uplift model, an honest "
+        "policy tree, the hybrid's overrides); the brand's rules still act as written.",
     )
 
     @classmethod

@@ -8,6 +8,7 @@ A workspace is a folder with a settings file, ``nba.yaml``, at its top (the mark
                         relative to DIR); environment variables win over it
       guardrails.yaml   the guardrail rules (serving/guardrails.py)
       triggers.yaml     the event triggers (serving/triggers.py)
+      rules.yaml        the rule policy: segment -> action (features/rule_policy.py)
       feature_repo/     the Feast repository: declarations, feature_store*.yaml, data/
       data/             raw tables (``nba simulate --out data/raw``)
       models/           the embedded MLflow store (mlflow.db, artifacts/) and the exported
@@ -18,7 +19,8 @@ A workspace is a folder with a settings file, ``nba.yaml``, at its top (the mark
 Which workspace a command uses: ``--workspace DIR``, else ``NBA_HOME``, else the nearest folder
 holding ``nba.yaml`` from the current directory upwards, else the current directory itself
 (whose missing parts are created on first use). The repository is a workspace too: its
-``nba.yaml`` points at the shipped ``serving/guardrails.yaml`` and ``serving/triggers.yaml``.
+``nba.yaml`` points at the shipped ``serving/guardrails.yaml``, ``serving/triggers.yaml`` and
+``serving/rules.yaml``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ SETTINGS_TEMPLATE: Final = """\
 profile: embedded          # embedded: SQLite + local MLflow store; production: Redis, PostgreSQL
 guardrails: guardrails.yaml
 triggers: triggers.yaml
+rule_policy: rules.yaml
 feature_repo: feature_repo
 # api_keys: [change-me]     # clients send one in the X-API-Key header (or NBA_API_KEYS)
 """
@@ -103,6 +106,7 @@ def materialize(root: Path, overwrite: bool = False) -> list[Path]:
     put(root / MARKER, SETTINGS_TEMPLATE.encode())
     put(root / "guardrails.yaml", _template("serving", "guardrails.yaml"))
     put(root / "triggers.yaml", _template("serving", "triggers.yaml"))
+    put(root / "rules.yaml", _template("serving", "rules.yaml"))
     repo = root / "feature_repo"
     for name in FEATURE_REPO_FILES:
         put(repo / name, _template("feature_repo", name))

@@ -20,10 +20,13 @@ from features import decision_log, schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from memory.store import micros as _micros
+from serving.advice import advises
+from serving.advice import many as advice_many
 from serving.decision import NEW_VISITOR, Request, _brief, apology_key
 from serving.history import COUNTS, Contact, ContactHistory, contact_counts
 from serving.holdout import HOLDOUT_REASON, HOLDOUT_RULE, policy_label
 from serving.policy import NONE, Decision, Ranked, choose, evaluate_batch, ranking_order
+from training.served import Advice
 
 if TYPE_CHECKING:
     from serving.decider import Decider
@@ -43,10 +46,11 @@ class Batch:
         requests: Sequence[Request],
         columns: FeatureColumns,
         derived: Mapping[str, np.ndarray],
-        values: np.ndarray,
-        uplifts: np.ndarray,
+        scored: tuple[np.ndarray, np.ndarray, np.ndarray],
         now: datetime,
     ) -> None:
+        """``scored``: the model features, the uplift model's values and its uplifts."""
+        X, values, uplifts = scored
         self.decider = decider
         self.requests = requests
         self.columns = columns
@@ -81,6 +85,16 @@ class Batch:
             for name, value in NEW_VISITOR.items():
                 if name in self.frame:
                     self.frame.loc[~self.known, name] = float(value)
+        # The served policy's advice (``serving.advice``): its values replace the model's.
+        self.advice: Advice | None = None
+        self.lower = np.full(values.shape, np.nan)
+        estimator = decider.model.estimator if decider.model is not None else None
+        if advises(estimator):
+            self.advice = estimator.advise(X, self.frame, values)  # type: ignore[union-attr]
+            self.values = self.advice.values.copy()
+            self.values[:, _NONE] = 0.0
+            self.lower = self.advice.lower.copy()
+            self.lower[:, _NONE] = np.nan  # ``none`` is worth 0, not an estimate
         self.eligible = np.zeros((n, len(ACTIONS)), dtype=bool)
         self.blocked_by: list[list[tuple[str, ...]]] = [[] for _ in range(n)]
         self.chosen = np.zeros(n, dtype=np.int64)
@@ -109,17 +123,22 @@ class Batch:
             frame[name] = values[rows]
         frame["apology_budget_left"] = self.budget_left[rows]
         blocked, blocked_by = evaluate_batch(self.decider.rules, frame)
+        prefer = advice_many(self.advice, rows, blocked, blocked_by)
         eligible = self.candidate[rows] & ~blocked & np.isfinite(self.values[rows])
         eligible[:, _NONE] = True
         chosen, propensity, explored = choose(
-            self.values[rows], eligible, self.decider.epsilon, self._rng
+            self.values[rows], eligible, self.decider.epsilon, self._rng, prefer
         )
         self.intended[rows] = chosen
         held = self.member[rows]
         if held.any():
             eligible[held] &= ~self.withheld
             chosen[held], propensity[held], explored[held] = choose(
-                self.values[rows][held], eligible[held], 0.0, self._rng
+                self.values[rows][held],
+                eligible[held],
+                0.0,
+                self._rng,
+                None if prefer is None else prefer[held],
             )
             for j in np.flatnonzero(held).tolist():
                 blocked_by[j] = [
@@ -245,11 +264,14 @@ class Batch:
         eligible = np.take_along_axis(self.eligible, order, axis=1).ravel().tolist()
         values = _finite_list(np.take_along_axis(self.values, order, axis=1).ravel())
         uplifts = _finite_list(np.take_along_axis(self.uplifts, order, axis=1).ravel())
+        lowers = _finite_list(np.take_along_axis(self.lower, order, axis=1).ravel())
         blocked = [self.blocked_by[k // m][c] for k, c in enumerate(flat)]
         entries = [
-            {"action": a, "eligible": e, "uplift": u, "expected_value": v, "blocked_by": list(b)}
-            for a, e, u, v, b in zip(names, eligible, uplifts, values, blocked, strict=True)
-        ]
+            {"action": a, "eligible": e, "uplift": u, "expected_value": v, "blocked_by": list(b),
+             "value_lower": lo}
+            for a, e, u, v, b, lo in zip(names, eligible, uplifts, values, blocked, lowers,
+                                         strict=True)
+        ]  # fmt: skip
         candidate = np.take_along_axis(self.candidate, order, axis=1)
         restricted = set(np.flatnonzero(~candidate.all(axis=1)).tolist())
         self.decision_ids = _decision_ids(n)
@@ -299,6 +321,7 @@ class Batch:
                 float(self.uplifts[i, c]),
                 float(self.values[i, c]),
                 self.blocked_by[i][c],
+                float(self.lower[i, c]),
             )
             for c in order
             if self.candidate[i, c]

@@ -52,6 +52,9 @@ from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from features.derive import derive_columns, derive_row
 from serving import explain, guardrails
+from serving.advice import advises
+from serving.advice import one as advice_one
+from serving.advice import values_of as advice_values
 from serving.batch import Batch
 from serving.decision import (
     NEW_VISITOR,
@@ -81,6 +84,7 @@ from serving.policy import (
     Ranked,
     arbitrate,
 )
+from training.served import Advice
 from training.value import ActionCosts, expected_value
 
 logger = logging.getLogger(__name__)
@@ -303,7 +307,7 @@ class Decider:
                 out.append(self._degraded(request, now, failure, started, row, bool(found)))
             return out
         assert values is not None and uplifts is not None
-        batch = Batch(self, requests, columns, derived, values, uplifts, now)
+        batch = Batch(self, requests, columns, derived, (X, values, uplifts), now)
         batch.settle()
         responses = batch.responses()
         self._log_batch(batch, responses, started)
@@ -397,20 +401,25 @@ class Decider:
         found = stored.get("marketing_opt_in") is not None
         if self.model is None:
             return self._degraded(request, now, "no model loaded", started, row, found, member)
+        row["channel"] = request.channel
+        read_as = {k: row.get(k) for k in NEW_VISITOR}  # the log keeps what was read
         try:
-            value_row, uplift_row = self._score_one(self._vector(row))
+            x = self._vector(row)
+            value_row, uplift_row = self._score_one(x)
+            if not found:
+                # A new visitor: nothing on record is no case, no disruption, no opt-out
+                # (scored as unknown; judged as what it is, so blocked_by is honest).
+                row.update(NEW_VISITOR)
+            estimator = self.model.estimator
+            advice = estimator.advise_one(x, row, value_row) if advises(estimator) else None
         except Exception as error:
+            row.update(read_as)
             return self._degraded(request, now, f"model failed: {_brief(error)}", started,
                                   row, found, member)  # fmt: skip
         values = dict(zip(ACTIONS, value_row.tolist(), strict=True))
-        uplifts = dict(zip(ACTIONS, uplift_row.tolist(), strict=True))
-
-        row["channel"] = request.channel
-        read_as = {k: row.get(k) for k in NEW_VISITOR}  # the log keeps what was read
-        if not found:
-            # A new visitor: nothing on record is no case, no disruption, no opt-out (scored
-            # as unknown above; judged here as what it is, so blocked_by is honest).
-            row.update(NEW_VISITOR)
+        if advice is not None:  # the served policy's own values (a tree's leaf, say)
+            values = advice_values(advice)
+        scored = (values, dict(zip(ACTIONS, uplift_row.tolist(), strict=True)), advice)
         if server_side is None:
             contacts = self.history.contacts(request.customer_id, now)
             row["apology_budget_left"] = self.budget.remaining()
@@ -418,7 +427,7 @@ class Decider:
             contacts, row["apology_budget_left"] = server_side
         row.update(contact_counts(contacts, now, request.channel))
         blocked = guardrails.evaluate(self.rules, row)
-        decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
+        decision, intended = self._arbitrate(scored, blocked, request, member)
         key = apology_key(row)
         if decision.action == "apology_credit" and self.apologies is not None:
             try:
@@ -430,7 +439,7 @@ class Decider:
                 # This experience was compensated by another decision (worker, host, channel).
                 row["compensated_since_last_negative"] = True
                 blocked = guardrails.evaluate(self.rules, row)
-                decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
+                decision, intended = self._arbitrate(scored, blocked, request, member)
         if decision.action == "apology_credit":
             try:
                 granted = yield (_TAKE,)
@@ -451,7 +460,7 @@ class Decider:
                 # (the policy would have been refused it too).
                 row["apology_budget_left"] = 0
                 blocked = guardrails.evaluate(self.rules, row)
-                decision, intended = self._arbitrate(values, uplifts, blocked, request, member)
+                decision, intended = self._arbitrate(scored, blocked, request, member)
         if decision.action != NONE:
             try:
                 yield (_ADD_CONTACT, request.customer_id, now, decision.action, request.channel)
@@ -473,20 +482,23 @@ class Decider:
 
     def _arbitrate(
         self,
-        values: Mapping[str, float],
-        uplifts: Mapping[str, float],
+        scored: tuple[Mapping[str, float], Mapping[str, float], Advice | None],
         blocked: Mapping[str, Sequence[str]],
         request: Request,
         member: bool,
     ) -> tuple[Decision, str]:
         """The decision, and the action the policy intended: for the global control group the
-        intended one is kept for the log, then marketing is withheld and the rest re-ranked."""
+        intended one is kept for the log, then marketing is withheld and the rest re-ranked.
+        ``scored``: values, uplifts and the served policy's advice (``serving.advice``)."""
+        values, uplifts, advice = scored
+        blocked, prefer, lowers = advice_one(advice, blocked)
         decision = arbitrate(values, uplifts, blocked, request.candidates, self.epsilon,
-                             self._rng)  # fmt: skip
+                             self._rng, prefer, lowers)  # fmt: skip
         if not member:
             return decision, decision.action
         assert self.holdout is not None
-        held = arbitrate(values, uplifts, self.holdout.block(blocked), request.candidates)
+        held = arbitrate(values, uplifts, self.holdout.block(blocked), request.candidates,
+                         prefer=prefer, lowers=lowers)  # fmt: skip
         return held, decision.action
 
     def _reasons(

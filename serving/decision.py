@@ -98,7 +98,8 @@ class Request:
 
 @dataclass
 class LoadedModel:
-    """A fitted ``MultiActionUplift`` and the label it is logged under (``nba-uplift/7``)."""
+    """A fitted model (a ``training.served.ServedPolicy``, or a bare ``MultiActionUplift``
+    registered before policy selection) and the label it is logged under (``nba-uplift/7``)."""
 
     estimator: Any
     version: str
@@ -135,6 +136,7 @@ def _response(
                 "uplift": _finite(r.uplift),
                 "expected_value": _finite(r.expected_value),
                 "blocked_by": list(r.blocked_by),
+                "value_lower": _finite(r.value_lower),
             }
             for r in decision.ranking
         ],

@@ -62,6 +62,8 @@ class Ranked:
     #: Names of the guardrail rules that block the action. An ineligible action with no rule
     #: here had no usable expected value.
     blocked_by: tuple[str, ...]
+    #: One-sided 95% lower bound of ``expected_value`` where the served policy has one.
+    value_lower: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def arbitrate(
     candidates: Sequence[str] = ACTIONS,
     epsilon: float = 0.0,
     rng: random.Random | None = None,
+    prefer: str | None = None,
+    lowers: Mapping[str, float] | None = None,
 ) -> Decision:
     """Choose an action for one request.
 
@@ -136,6 +140,9 @@ def arbitrate(
         epsilon: exploration probability in [0, 1].
         rng: source of the exploration draw (default: the ``random`` module's generator);
             not used when ``epsilon`` is 0 or only one action is eligible.
+        prefer: a rule-based policy's action for this customer (``training.served``): taken
+            when eligible, whatever its value; ``none`` when it is not.
+        lowers: lower bounds of the values, reported in the ranking only.
 
     Raises:
         ValueError: on an unknown candidate, an epsilon outside [0, 1], or a rule blocking
@@ -151,18 +158,23 @@ def arbitrate(
             continue
         value = _as_float(values.get(action))
         by = tuple(blocked.get(action, ()))
-        ok = not by and math.isfinite(value)
-        rows.append(Ranked(action, ok, _as_float(uplifts.get(action)), value, by))
+        ok = not by and (math.isfinite(value) or action == prefer)
+        lower = _as_float(lowers.get(action)) if lowers is not None else math.nan
+        rows.append(Ranked(action, ok, _as_float(uplifts.get(action)), value, by, lower))
     ranking = tuple(sorted(rows, key=_rank_key))
     eligible = [r for r in ranking if r.eligible]
 
     # ``none`` is eligible with value 0, so the first eligible row is the greedy choice: a
     # positive-valued action if any, else ``none`` (ties at 0 go to ``none`` by the sort key).
+    # A rule-based policy's own action instead, when eligible (else ``none``).
     greedy, k = eligible[0], len(eligible)
+    if prefer is not None:
+        greedy = next((r for r in eligible if r.action == prefer),
+                      next(r for r in eligible if r.action == NONE))  # fmt: skip
     if k > 1 and epsilon > 0.0:
         draw = rng if rng is not None else random
         if draw.random() < epsilon:
-            explored = draw.choice(eligible[1:])
+            explored = draw.choice([r for r in eligible if r is not greedy])
             return Decision(explored.action, epsilon / (k - 1), ranking, True)
     return Decision(greedy.action, 1.0 - epsilon if k > 1 else 1.0, ranking, False)
 
@@ -203,7 +215,11 @@ def arbitrate_batch(
 
 
 def choose(
-    values: np.ndarray, eligible: np.ndarray, epsilon: float, rng: np.random.Generator
+    values: np.ndarray,
+    eligible: np.ndarray,
+    epsilon: float,
+    rng: np.random.Generator,
+    prefer: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The arbitration of ``arbitrate`` over arrays: chosen columns, propensities, explored.
 
@@ -214,6 +230,8 @@ def choose(
             as True); a non-finite value must already be marked ineligible.
         epsilon: exploration probability in [0, 1] (checked by the caller).
         rng: source of the exploration draws.
+        prefer: ``(n,)`` a rule-based policy's column per row (-1: none), taken when eligible
+            whatever its value, else ``none`` (as ``arbitrate``'s ``prefer``).
 
     Returns:
         ``(chosen, propensity, explored)``: the column in ``ACTIONS`` of each row's action, the
@@ -228,6 +246,11 @@ def choose(
     # nothing beats ``none`` (ties at 0 go to ``none``, as in ``arbitrate``).
     best = scored.argmax(axis=1)
     greedy = np.where(scored[np.arange(n), best] > 0.0, best, _NONE_COLUMN)
+    if prefer is not None:
+        ruled = prefer >= 0
+        column = np.maximum(prefer, 0)
+        taken = eligible[np.arange(n), column]
+        greedy = np.where(ruled, np.where(taken, column, _NONE_COLUMN), greedy)
     k = eligible.sum(axis=1)
     chosen = greedy
     explored = np.zeros(n, dtype=bool)

@@ -73,6 +73,18 @@ class ConfidenceFilter:
             out[rows] = self.lower_[action][which]
         return out
 
+    def lower_bounds(self, values: np.ndarray) -> np.ndarray:
+        """``(n, 4)`` lower bounds of every action's gain given the model's ``values`` (its
+        predicted gain of each action over ``none``, ``ACTIONS`` order): each action's bin's
+        bound; -inf for an action without evidence, 0 for ``none``."""
+        values = np.asarray(values, dtype=np.float64)
+        out = np.full(values.shape, -np.inf)
+        out[:, NONE_CODE] = 0.0
+        for action, edges in self.edges_.items():
+            j = ACTIONS.index(action)
+            out[:, j] = self.lower_[action][np.searchsorted(edges, values[:, j], side="right")]
+        return out
+
     def apply(self, chosen: np.ndarray, predicted_gain: np.ndarray) -> np.ndarray:
         """``chosen`` with every action whose lower bound is not positive replaced by none."""
         out = np.asarray(chosen, dtype=object).copy()

@@ -22,9 +22,12 @@ import numpy as np
 import pandas as pd
 
 from features.contract import ACTIONS
+from features.rule_policy import RulePolicy
 from training import metrics
 from training.baselines import rules_v1
 from training.dataset import TrainingSet
+from training.policy_learning import feasible
+from training.served import choose_names
 from training.value import ActionCosts, expected_value, realized_value, true_value
 
 TREATMENTS: tuple[str, ...] = tuple(a for a in ACTIONS if a != "none")
@@ -115,26 +118,45 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def served_choice(model: Any, test: TrainingSet, costs: ActionCosts) -> np.ndarray:
+    """A registered model's actions on ``test`` without guardrails (the contract's consent
+    applied): a ``ServedPolicy``'s own rule of choice, or a bare uplift model's argmax (a
+    version registered before policy selection)."""
+    X = test.X[list(model.feature_names_)]
+    policy = getattr(model, "policy", None)
+    if policy is not None:
+        return choose_names(policy, X, test.features)
+    chosen, _ = learned_choice(model, X, costs)
+    return feasible(chosen, test.features)
+
+
 def policy_choices(
     model: Any,
     test: TrainingSet,
     costs: ActionCosts,
-    effects: dict[str, np.ndarray] | None = None,
+    rule_policy: RulePolicy | None = None,
 ) -> dict[str, np.ndarray]:
-    """The policies compared: learned, rules-v1, always-none and each single action
-    (``effects``: the model's ``predict_effects`` on ``test.X`` if already computed)."""
+    """The policies compared: learned (the model's own choice), the brand's rule policy
+    (``rules``), ``rules-v1``, always-none and each single action."""
     n = len(test)
-    learned, _ = learned_choice(model, test.X, costs, effects)
-    out = {"learned": learned, "rules-v1": rules_v1(test.features)}
+    out = {"learned": served_choice(model, test, costs)}
+    if rule_policy is not None:
+        out["rules"] = rule_policy.choose(test.features)
+    out["rules-v1"] = rules_v1(test.features)
     for a in ACTIONS:
         out[f"always {a}"] = np.full(n, a, dtype=object)
     return out
 
 
 def evaluate(
-    model: Any, test: TrainingSet, reward_model: RewardModel, costs: ActionCosts
+    model: Any,
+    test: TrainingSet,
+    reward_model: RewardModel,
+    costs: ActionCosts,
+    rule_policy: RulePolicy | None = None,
 ) -> Evaluation:
-    """Evaluate ``model`` on the held-out decisions ``test`` (see the module docstring)."""
+    """Evaluate ``model`` on the held-out decisions ``test`` (see the module docstring);
+    ``rule_policy``: the brand's rule file, compared as ``rules``."""
     decisions = test.decisions
     action = decisions["action"].to_numpy(object)
     propensity = decisions["propensity"].to_numpy(np.float64)
@@ -168,7 +190,7 @@ def evaluate(
     uplift_table = pd.DataFrame(rows).set_index("action")
 
     # Policy values.
-    choices = policy_choices(model, test, costs, effects)
+    choices = policy_choices(model, test, costs, rule_policy)
     truth_values = None if test.truth is None else true_value(test.truth, ACTIONS, costs)
     if truth_values is not None:
         choices["oracle"] = metrics.oracle_policy(truth_values, ACTIONS)

@@ -48,12 +48,13 @@ LOCK_SUFFIX: Final = ".gate.lock"
 
 @dataclass(frozen=True)
 class BaselineCheck:
-    """The candidate's doubly-robust gain over a baseline policy on the held-out decisions:
-    per decision, with the lower end of its 95% interval (paired, clustered by customer)."""
+    """The candidate's doubly-robust gain over a baseline policy: per decision, with the lower
+    end of its interval (paired, clustered by customer; ``level`` names the interval)."""
 
     baseline: str
     gain: float
     lower: float
+    level: str = "95%"
 
 
 def baseline_refusal(checks: tuple[BaselineCheck, ...]) -> str | None:
@@ -65,7 +66,7 @@ def baseline_refusal(checks: tuple[BaselineCheck, ...]) -> str | None:
         if not (math.isfinite(check.lower) and check.lower > 0):
             return (
                 f"not better than {check.baseline} beyond noise: gain {check.gain:+.2f} a "
-                f"decision, 95% lower bound {check.lower:+.2f} <= 0"
+                f"decision, {check.level} lower bound {check.lower:+.2f} <= 0"
             )
     return None
 

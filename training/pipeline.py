@@ -8,7 +8,7 @@ the champion) happens before anything is written to MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from features.contract import RawData
+from features.rule_policy import RulePolicy, load_rule_policy
 from training import plots
-from training.baselines import rules_v1
 from training.dataset import (
     TrainingSet,
     assemble,
@@ -26,12 +26,11 @@ from training.dataset import (
     fingerprint,
     time_split,
 )
-from training.evaluate import Evaluation, evaluate, fit_reward_model, learned_choice
-from training.gate import BaselineCheck
+from training.evaluate import Evaluation, evaluate, fit_reward_model, served_choice
 from training.metrics import policy_value_se
-from training.policy_learning import aipw_scores, feasible
 from training.reference import REFERENCE_ARTIFACT, build_reference
-from training.selection import value_table
+from training.selection import BASELINES, Selection, checks_of, default_learners, select
+from training.served import ServedPolicy, ValuePolicy
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts, realized_value
 
@@ -46,6 +45,10 @@ class TrainResult:
     gate: Any
     train_rows: int
     test_rows: int
+    #: The cross-fitted comparison of the candidate policies and the one selected.
+    selection: Selection | None = None
+    #: The selected policy as registered (``describe()`` reads it).
+    served: ServedPolicy | None = None
 
 
 def champion_dr_value(
@@ -58,7 +61,7 @@ def champion_dr_value(
             f"the champion model needs features {missing[:5]} that this data no longer has: "
             "retrain with `nba train --force` to replace it"
         )
-    chosen, _ = learned_choice(champion, test.X[list(champion.feature_names_)], costs)
+    chosen = served_choice(champion, test, costs)
     reward = realized_value(
         test.decisions["action"], test.outcomes["revenue"], test.outcomes["unsubscribed"], costs
     )
@@ -72,31 +75,34 @@ def champion_dr_value(
     ).value
 
 
-def baseline_checks(
-    chosen: np.ndarray, test: TrainingSet, q_hat: np.ndarray, costs: ActionCosts
-) -> tuple[BaselineCheck, ...]:
-    """The candidate's DR gains over doing nothing and over ``rules-v1`` on the held-out
-    decisions, paired and clustered by customer (``training.selection.value_table``).
-
-    The candidate is judged as served: promos the contract forbids become ``none`` (the
-    guardrails' job in the service), as their value there would be the reward model's guess."""
-    action = test.decisions["action"].to_numpy(object)
-    reward = realized_value(action, test.outcomes["revenue"], test.outcomes["unsubscribed"], costs)
-    scores = aipw_scores(q_hat, action, test.decisions["propensity"].to_numpy(np.float64), reward)
-    table = value_table(
-        {
-            "candidate": feasible(chosen, test.features),
-            "none": np.full(len(test), "none", dtype=object),
-            "rules": rules_v1(test.features),
-        },
-        scores,
-        test.decisions["customer_id"].to_numpy(object),
-    )
-    row = table.loc["candidate"]
-    return (
-        BaselineCheck("none", float(row["gain_vs_none"]), float(row["lb_vs_none"])),
-        BaselineCheck("rules-v1", float(row["gain_vs_rules"]), float(row["lb_vs_rules"])),
-    )
+def select_policy(
+    train: TrainingSet,
+    model: MultiActionUplift,
+    params: dict[str, Any],
+    costs: ActionCosts,
+    rule_policy: RulePolicy,
+    candidates: Sequence[str] | None,
+    confident_only: bool,
+    stage: Callable[[str], None],
+    require_baselines: bool = True,
+) -> tuple[Selection, ServedPolicy]:
+    """Choose the policy on the training decisions (cross-fitted DR values) and fit it on all
+    of them; ``model`` (the uplift model fitted on them) serves the S-learner candidate and
+    every answer's uplifts."""
+    seed = int(params.get("random_state", 0))
+    learners = default_learners(costs, seed, rule_policy, candidates, params)
+    stage(f"selecting the policy among {len(learners) - len(BASELINES)} candidates and "
+          f"{len(BASELINES)} baselines (cross-fitted on {len(train):,} decisions)")  # fmt: skip
+    selection = select(train, learners, costs, k=3, seed=seed, confident_only=confident_only,
+                       require_baselines=require_baselines)  # fmt: skip
+    name = selection.selected
+    if name == "s-learner":
+        fitted: Any = ValuePolicy(model, costs)  # the very learner, fitted on all of train
+    else:
+        fitted = learners[name](train, selection.scores)
+    value_model = getattr(fitted, "value_model", None) or model
+    summary = {"reason": selection.reason, "table": selection.table.round(4).to_dict("index")}
+    return selection, ServedPolicy(name, value_model, fitted, costs, summary)
 
 
 def run_training(
@@ -111,12 +117,19 @@ def run_training(
     stage: Callable[[str], None] = lambda _label: None,
     source: str = "",
     gate_baselines: bool = True,
+    rule_policy: RulePolicy | None = None,
+    candidates: Sequence[str] | None = None,
+    confident_only: bool = False,
 ) -> TrainResult:
-    """Train, evaluate, log, register and gate one model (see the module docstring).
+    """Train, select, evaluate, log, register and gate one policy (the module docstring).
 
-    ``gate_baselines``: the gate also requires the candidate to beat ``none`` and ``rules-v1``
-    beyond noise (``baseline_checks``; the ``NBA_GATE_BASELINES`` setting)."""
+    ``gate_baselines``: the gate also requires the candidate to beat ``none`` and the rule
+    policy beyond noise (``baseline_checks``; the ``NBA_GATE_BASELINES`` setting).
+    ``rule_policy``: the brand's rule file (default: the shipped one); ``candidates``: the
+    candidate policies compared (``training.selection.CANDIDATES``; default all);
+    ``confident_only``: only policies that act when confident may be selected."""
     costs = costs or ActionCosts()
+    rule_policy = rule_policy if rule_policy is not None else load_rule_policy()
     stage(f"retrieving features at {len(raw.actions):,} decisions (Feast, point in time)")
     stored = historical(entity_frame(raw))
     data = assemble(raw, stored)
@@ -130,14 +143,21 @@ def run_training(
         train.decisions["propensity"],
         train.outcomes,
     )
-    stage(f"evaluating on the latest {len(test):,} decisions")
+    selection, served = select_policy(
+        train, model, params, costs, rule_policy, candidates, confident_only, stage,
+        require_baselines=gate_baselines,
+    )  # fmt: skip
+    stage(f"evaluating {served.name} on the latest {len(test):,} decisions")
     reward_model = fit_reward_model(
         train, costs, random_state=params.get("random_state", 0), n_jobs=params.get("n_jobs", 1)
     )
-    evaluation = evaluate(model, test, reward_model, costs)
+    evaluation = evaluate(served, test, reward_model, costs, rule_policy)
     candidate_value = float(evaluation.policy_table.loc["learned", "dr"])
     q_hat = reward_model.predict(test.X)
-    checks = baseline_checks(evaluation.chosen, test, q_hat, costs) if gate_baselines else ()
+    # The gate's evidence against the baselines is the selection's: cross-fitted on every
+    # training decision, with the multiple-candidate correction (the held-out split is
+    # smaller, so it only measures the champion comparison and the reported values).
+    checks = checks_of(selection) if gate_baselines else ()
 
     def value_of(version: int) -> float:
         """A champion's DR value on this candidate's held-out decisions (same q_hat)."""
@@ -157,13 +177,15 @@ def run_training(
             if not force:
                 raise
     # The drift reference (nba drift): training inputs and the model's scores on them.
-    reference = build_reference(train.X, model, costs, seed=params.get("random_state", 0))
+    reference = build_reference(train.X, served, costs, seed=params.get("random_state", 0))
 
     stage("logging to MLflow and registering")
-    with tracker.start_run(run_name=f"{params.get('method', 'dr')}-{len(train)}") as run_id:
+    with tracker.start_run(run_name=f"{served.name}-{len(train)}") as run_id:
         tracker.log_params({**params, "test_share": test_share, "source": source})
         tracker.set_tags(
             {
+                "policy.selected": served.name,
+                "policy.reason": selection.reason[:5000],
                 "data.fingerprint": fingerprint(raw),
                 "data.decisions": str(len(raw.actions)),
                 "data.train_rows": str(len(train)),
@@ -174,11 +196,13 @@ def run_training(
         tracker.log_metrics({k: v for k, v in evaluation.metrics.items() if np.isfinite(v)})
         tracker.log_table(evaluation.policy_table.reset_index(), "policy_values.json")
         tracker.log_table(evaluation.uplift_table.reset_index(), "uplift_metrics.json")
+        tracker.log_table(selection.table.reset_index(), "policy_selection.json")
+        tracker.log_table(pd.DataFrame({"line": served.describe()}), "policy.json")
         tracker.log_figure(plots.qini_curves(evaluation.qini_curves), "qini_curves.png")
         tracker.log_figure(plots.policy_values(evaluation.policy_table), "policy_values.png")
         tracker.log_figure(plots.feature_importance(model), "feature_importance.png")
         tracker.log_parquet(reference, REFERENCE_ARTIFACT)
-        uri = tracker.log_model(model, test.X.head(5))
+        uri = tracker.log_model(served, test.X.head(5))
         version = tracker.register(uri, {"data.fingerprint": fingerprint(raw)})
         decision = tracker.gate(
             version,
@@ -189,4 +213,5 @@ def run_training(
             value_of=value_of,
             baselines=checks,
         )
-    return TrainResult(evaluation, version, run_id, decision, len(train), len(test))
+    return TrainResult(evaluation, version, run_id, decision, len(train), len(test), selection,
+                       served)  # fmt: skip

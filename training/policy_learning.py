@@ -236,6 +236,10 @@ class Interval:
 @dataclass
 class _Node:
     action: int
+    #: A leaf's mean score gain of each action over ``none`` (``ACTIONS`` order; 0 for none) and
+    #: its one-sided lower bound (``confidence_z`` standard errors below; NaN when z is 0).
+    gain: np.ndarray | None = None
+    lower: np.ndarray | None = None
     feature: int = -1
     threshold: float = math.nan
     left: _Node | None = None
@@ -301,7 +305,10 @@ class PolicyTree:
         self, node: _Node, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray
     ) -> None:
         if node.left is None or node.right is None:
-            node.action = self._leaf_action(scores[rows]) if len(rows) > 1 else NONE_CODE
+            if len(rows) > 1:
+                node.action, node.gain, node.lower = self._leaf(scores[rows])
+            else:
+                node.action, node.gain, node.lower = NONE_CODE, None, None
             return
         goes_left = codes[rows, node.feature] <= self._code_of[id(node)]
         self._relabel(node.left, codes, scores, rows[goes_left])
@@ -313,19 +320,34 @@ class PolicyTree:
         # number orders correctly; for the others it is one more consistent place.
         return np.where(np.isnan(X), 1e12, X)
 
-    def _leaf_action(self, scores: np.ndarray) -> int:
-        mean = scores.mean(axis=0)
-        best = int(mean.argmax())
-        if self.confidence_z > 0 and best != NONE_CODE and len(scores) > 1:
-            gain = scores[:, best] - scores[:, NONE_CODE]
-            lower = gain.mean() - self.confidence_z * gain.std(ddof=1) / math.sqrt(len(gain))
-            if lower <= 0:
-                return NONE_CODE
-        return best
+    def _leaf(self, scores: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """A leaf's action, its mean gains over ``none`` and their lower bounds.
+
+        Without confidence the action of highest mean score; with ``confidence_z > 0`` the
+        best among the actions whose gain's lower bound is positive (``none`` when there is
+        none): the rule the service applies to the same values (``training.served``)."""
+        gain = scores.mean(axis=0) - scores[:, NONE_CODE].mean()
+        gain[NONE_CODE] = 0.0
+        lower = np.full(len(ACTIONS), math.nan)
+        if self.confidence_z > 0:
+            if len(scores) > 1:
+                diff = scores - scores[:, [NONE_CODE]]
+                se = diff.std(axis=0, ddof=1) / math.sqrt(len(scores))
+                lower = gain - self.confidence_z * se
+            else:
+                lower = np.full(len(ACTIONS), -math.inf)
+            lower[NONE_CODE] = 0.0
+            allowed = lower > 0
+            allowed[NONE_CODE] = True
+            masked = np.where(allowed, gain, -np.inf)
+            best = int(masked.argmax())
+            return (best if masked[best] > 0 else NONE_CODE), gain, lower
+        best = int(gain.argmax())
+        return (best if gain[best] > 0 else NONE_CODE), gain, lower
 
     def _grow(self, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray, depth: int) -> _Node:
         node_scores = scores[rows]
-        node = _Node(self._leaf_action(node_scores))
+        node = _Node(*self._leaf(node_scores))
         if depth >= self.max_depth or len(rows) < 2 * self.min_leaf:
             return node
         total = node_scores.sum(axis=0)
@@ -361,21 +383,42 @@ class PolicyTree:
         node.right = self._grow(codes, scores, rows[~goes_left], depth + 1)
         return node
 
-    def predict_codes(self, X: np.ndarray) -> np.ndarray:
-        """Action index (``ACTIONS`` order) per row."""
+    def _leaves(self, X: np.ndarray) -> tuple[list[_Node], np.ndarray]:
+        """The leaves reached and the leaf index of each row of ``X``."""
         filled = self._fill(np.asarray(X, dtype=np.float64))
-        out = np.empty(len(filled), dtype=np.int64)
+        leaf_of = np.empty(len(filled), dtype=np.int64)
+        leaves: list[_Node] = []
         stack: list[tuple[_Node, np.ndarray]] = [(self.root_, np.arange(len(filled)))]
         while stack:
             node, rows = stack.pop()
             if node.left is None or node.right is None:
-                out[rows] = node.action
+                leaf_of[rows] = len(leaves)
+                leaves.append(node)
                 continue
             # Same side as training: a value equal to the edge goes left.
             left = filled[rows, node.feature] <= node.threshold
             stack.append((node.left, rows[left]))
             stack.append((node.right, rows[~left]))
-        return out
+        return leaves, leaf_of
+
+    def predict_codes(self, X: np.ndarray) -> np.ndarray:
+        """Action index (``ACTIONS`` order) per row."""
+        leaves, leaf_of = self._leaves(X)
+        codes = np.array([leaf.action for leaf in leaves], dtype=np.int64)
+        return codes[leaf_of]
+
+    def predict_values(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's leaf estimates ``(gain, lower)``, ``(n, 4)`` each: the mean AIPW score
+        gain of every action over ``none`` in the row's leaf (the tree's value of that action
+        for the row, in currency per decision) and its lower bound (NaN without confidence).
+        The leaf's action is the best gain among the allowed ones (``_leaf``)."""
+        leaves, leaf_of = self._leaves(X)
+        empty = np.full(len(ACTIONS), math.nan)
+        gains = [empty] + [leaf.gain if leaf.gain is not None else empty for leaf in leaves]
+        lowers = [empty] + [leaf.lower if leaf.lower is not None else empty for leaf in leaves]
+        gain, lower = np.array(gains), np.array(lowers)
+        # Row 0 of the tables is a placeholder, so that no leaf (no rows) still indexes.
+        return gain[leaf_of + 1], lower[leaf_of + 1]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Action name per row."""

@@ -9,30 +9,30 @@ honest 95% interval of each candidate's value, and *paired* intervals of its gai
 nothing and over the rule policy (paired: the same rows and scores, so the shared noise
 cancels and the interval is far narrower than the two values' intervals).
 
-A learned candidate is selected only when the lower bounds of both gains are positive
-(tested in a fixed sequence that keeps the family-wise error at 5%, ``choose``); else
-the better of ``none`` and the rules stays (the "never worse than the baselines beyond noise"
-guarantee is the point). One approximation is stated rather than hidden: the scores a candidate
-trains on come from reward models that saw the held-out fold's rows (nested cross-fitting
-would cost K more reward models per fold), a small optimistic bias of the candidates that
-learn from scores.
+A learned candidate is selected only when the lower bounds of both gains are positive (each
+at Bonferroni's corrected number of standard errors, so that the chance of any candidate
+passing by noise stays under 5%: ``choose``); else the better of ``none`` and the rules stays
+(the "never worse than the baselines beyond noise" guarantee is the point). One approximation
+is stated rather than hidden: the scores a candidate trains on come from reward models that
+saw the held-out fold's rows (nested cross-fitting would cost K more reward models per fold),
+a small optimistic bias of the candidates that learn from scores.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.contract import ACTIONS
-from features.rule_policy import RulePolicy
-from training.baselines import rules_v1
+from features.rule_policy import RulePolicy, load_rule_policy
 from training.confidence import ConfidenceFilter
 from training.dataset import TrainingSet
-from training.evaluate import learned_choice
+from training.gate import BaselineCheck
 from training.policy_learning import (
     NONE_CODE,
     ConversionFareModel,
@@ -40,71 +40,85 @@ from training.policy_learning import (
     PolicyTree,
     aipw_scores,
     cross_fitted_values,
-    feasible,
     folds_by_customer,
     restrict_scores,
 )
-from training.priors import HybridPolicy
+from training.priors import HybridPolicy, judge_rules
+from training.served import (
+    ConfidentValuePolicy,
+    DirectPolicy,
+    FittedPolicy,
+    HybridAdvisor,
+    NonePolicy,
+    RulePolicyAsWritten,
+    RulesThenModel,
+    TreePolicy,
+    ValuePolicy,
+    advised_choice,
+    choose_names,
+    consent_mask,
+    model_values,
+)
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts, realized_value
 
-#: A fitted policy: action names for (model features, all features) of some rows.
-Policy = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]
 #: A learner: from training rows and their AIPW scores to a fitted policy.
-Learner = Callable[[TrainingSet, np.ndarray], Policy]
-#: The baselines every candidate must beat.
+Learner = Callable[[TrainingSet, np.ndarray], FittedPolicy]
+#: The baselines every candidate must beat: doing nothing and the brand's rule file.
 BASELINES: tuple[str, ...] = ("none", "rules")
 
 
-def _none(_train: TrainingSet, _scores: np.ndarray) -> Policy:
-    return lambda X, _f: np.full(len(X), "none", dtype=object)
+def _none(_train: TrainingSet, _scores: np.ndarray) -> FittedPolicy:
+    return NonePolicy()
 
 
-def _rules(_train: TrainingSet, _scores: np.ndarray) -> Policy:
-    return lambda _X, features: rules_v1(features)
+def _fit_s(train: TrainingSet, params: Mapping[str, Any]) -> MultiActionUplift:
+    return MultiActionUplift(**params).fit(
+        train.X, train.decisions["action"], train.decisions["propensity"], train.outcomes
+    )
 
 
-def s_learner(costs: ActionCosts, seed: int = 0) -> Learner:
-    """The current learner (``nba train``'s default S-learner) as a candidate policy."""
+def _uplift_params(seed: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``nba train``'s uplift model settings, or the S-learner's defaults."""
+    return dict(params) if params is not None else {"method": "s", "random_state": seed,
+                                                    "n_jobs": 1}  # fmt: skip
 
-    def learn(train: TrainingSet, _scores: np.ndarray) -> Policy:
-        model = MultiActionUplift(method="s", random_state=seed, n_jobs=1).fit(
-            train.X, train.decisions["action"], train.decisions["propensity"], train.outcomes
-        )
-        return lambda X, _f: learned_choice(model, X, costs)[0]
+
+def s_learner(costs: ActionCosts, seed: int = 0, params: Mapping[str, Any] | None = None
+              ) -> Learner:  # fmt: skip
+    """The uplift model (``nba train``'s, with its ``params``) choosing by its values."""
+    settings = _uplift_params(seed, params)
+
+    def learn(train: TrainingSet, _scores: np.ndarray) -> FittedPolicy:
+        return ValuePolicy(_fit_s(train, settings), costs)
 
     return learn
 
 
-def confident_s_learner(costs: ActionCosts, seed: int = 0, calibrate: float = 0.3) -> Learner:
-    """The S-learner acting only when confident (``training.confidence``): fitted on
+def confident_s_learner(
+    costs: ActionCosts,
+    seed: int = 0,
+    calibrate: float = 0.3,
+    params: Mapping[str, Any] | None = None,
+) -> Learner:
+    """The uplift model acting only when confident (``training.confidence``): fitted on
     ``1 - calibrate`` of the customers, its confidence bins calibrated on the rest."""
+    settings = _uplift_params(seed, params)
 
-    def learn(train: TrainingSet, scores: np.ndarray) -> Policy:
+    def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
         customers = train.decisions["customer_id"].to_numpy(object)
         held = folds_by_customer(customers, round(1 / calibrate), seed + 1) == 0
-        fit_part = train.take(np.flatnonzero(~held))
-        model = MultiActionUplift(method="s", random_state=seed, n_jobs=1).fit(
-            fit_part.X,
-            fit_part.decisions["action"],
-            fit_part.decisions["propensity"],
-            fit_part.outcomes,
-        )
-
-        def gain_of(X: pd.DataFrame, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-            chosen, values = learned_choice(model, X, costs)
-            chosen = feasible(chosen, features)
-            codes = pd.Index(ACTIONS).get_indexer(chosen)
-            return chosen, values[np.arange(len(codes)), codes]
-
+        model = _fit_s(train.take(np.flatnonzero(~held)), settings)
         cal = train.take(np.flatnonzero(held))
-        chosen, gain = gain_of(cal.X, cal.features)
+        values = model_values(model, cal.X.to_numpy(np.float64), costs)
+        chosen = np.array(ACTIONS, dtype=object)[
+            advised_choice(ValuePolicy(model, costs).advise(cal.X.to_numpy(np.float64),
+                                                            cal.features, values),
+                           consent_mask(cal.features))]  # fmt: skip
+        codes = pd.Index(ACTIONS).get_indexer(chosen)
+        gain = values[np.arange(len(codes)), codes]
         filt = ConfidenceFilter().fit(chosen, gain, scores[held], customers[held])
-
-        def policy(X: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
-            return filt.apply(*gain_of(X, features))
-
-        return policy
+        return ConfidentValuePolicy(model, filt, costs)
 
     return learn
 
@@ -112,13 +126,8 @@ def confident_s_learner(costs: ActionCosts, seed: int = 0, calibrate: float = 0.
 def direct(costs: ActionCosts, seed: int = 0) -> Learner:
     """Argmax of the conversion x fare value model (none unless an action beats it)."""
 
-    def learn(train: TrainingSet, _scores: np.ndarray) -> Policy:
-        model = ConversionFareModel(costs, seed).fit(*_arrays(train))
-
-        def policy(X: pd.DataFrame, _f: pd.DataFrame) -> np.ndarray:
-            return np.array(ACTIONS, dtype=object)[model.predict(X.to_numpy(np.float64)).argmax(1)]
-
-        return policy
+    def learn(train: TrainingSet, _scores: np.ndarray) -> FittedPolicy:
+        return DirectPolicy(ConversionFareModel(costs, seed).fit(*_arrays(train)))
 
     return learn
 
@@ -126,12 +135,12 @@ def direct(costs: ActionCosts, seed: int = 0) -> Learner:
 def tree(max_depth: int, min_leaf_share: float, confidence_z: float = 0.0) -> Learner:
     """A policy tree over the AIPW scores; ``min_leaf_share`` of the training rows per leaf."""
 
-    def learn(train: TrainingSet, scores: np.ndarray) -> Policy:
+    def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
         min_leaf = max(50, round(min_leaf_share * len(train)))
         fitted = PolicyTree(max_depth, min_leaf, confidence_z=confidence_z).fit(
             train.X.to_numpy(np.float64), scores
         )
-        return lambda X, _f: fitted.predict(X.to_numpy(np.float64))
+        return TreePolicy(fitted)
 
     return learn
 
@@ -139,8 +148,8 @@ def tree(max_depth: int, min_leaf_share: float, confidence_z: float = 0.0) -> Le
 def rule_file(policy: RulePolicy) -> Learner:
     """The brand's rule policy file as written (``features.rule_policy``)."""
 
-    def learn(_train: TrainingSet, _scores: np.ndarray) -> Policy:
-        return lambda _X, features: policy.choose(features)
+    def learn(_train: TrainingSet, _scores: np.ndarray) -> FittedPolicy:
+        return RulePolicyAsWritten(policy)
 
     return learn
 
@@ -148,7 +157,7 @@ def rule_file(policy: RulePolicy) -> Learner:
 def hybrid(policy: RulePolicy, seed: int = 0) -> Learner:
     """The rule file judged by the data, with confident learned overrides (``training.priors``)."""
 
-    def learn(train: TrainingSet, scores: np.ndarray) -> Policy:
+    def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
         fitted = HybridPolicy.fit(
             policy,
             train.X.to_numpy(np.float64),
@@ -158,31 +167,65 @@ def hybrid(policy: RulePolicy, seed: int = 0) -> Learner:
             min_leaf=max(50, round(0.005 * len(train))),
             random_state=seed,
         )
-        return lambda X, features: fitted.choose(X.to_numpy(np.float64), features)
+        return HybridAdvisor(fitted)
 
     return learn
 
 
+class UnknownCandidate(ValueError):
+    """A candidate policy name ``default_learners`` does not know."""
+
+
+def rules_then_model(policy: RulePolicy, costs: ActionCosts, seed: int = 0,
+                     params: Mapping[str, Any] | None = None) -> Learner:  # fmt: skip
+    """The rule file judged by the data where a rule matches, the uplift model elsewhere."""
+    settings = _uplift_params(seed, params)
+
+    def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
+        customers = train.decisions["customer_id"].to_numpy(object)
+        verdicts = judge_rules(policy, train.features, scores, customers)
+        return RulesThenModel(policy, verdicts, _fit_s(train, settings), costs)
+
+    return learn
+
+
+#: Every candidate ``default_learners`` knows, in its order (``NBA_TRAIN_CANDIDATES`` names
+#: a subset; the baselines are always compared).
+CANDIDATES: tuple[str, ...] = (
+    "s-learner", "s-learner confident", "conv x fare", "tree d2", "tree d3", "tree d4",
+    "tree d3 confident", "hybrid", "rules + s-learner",
+)  # fmt: skip
+
+
 def default_learners(
-    costs: ActionCosts, seed: int = 0, rule_policy: RulePolicy | None = None
+    costs: ActionCosts,
+    seed: int = 0,
+    rule_policy: RulePolicy | None = None,
+    candidates: Sequence[str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, Learner]:
-    """The candidates compared: baselines, the current learner, the direct method, trees, and
-    with a ``rule_policy`` the brand's rule file as written and the hybrid."""
-    learners: dict[str, Learner] = {"none": _none, "rules": _rules}
-    if rule_policy is not None:
-        learners["rule file"] = rule_file(rule_policy)
-    learners |= {
-        "s-learner": s_learner(costs, seed),
-        "s-learner confident": confident_s_learner(costs, seed),
+    """The baselines (``none``, the brand's rule file as ``rules``) and the candidates: the
+    uplift model (with ``params``: ``nba train``'s settings), the direct method, trees and the
+    hybrid (all of ``CANDIDATES`` unless ``candidates`` names some). Raises ``ValueError``
+    naming an unknown candidate."""
+    policy = rule_policy if rule_policy is not None else load_rule_policy()
+    every: dict[str, Learner] = {
+        "s-learner": s_learner(costs, seed, params),
+        "s-learner confident": confident_s_learner(costs, seed, params=params),
         "conv x fare": direct(costs, seed),
         "tree d2": tree(2, 0.02),
         "tree d3": tree(3, 0.01),
         "tree d4": tree(4, 0.005),
         "tree d3 confident": tree(3, 0.005, confidence_z=1.64),
+        "hybrid": hybrid(policy, seed),
+        "rules + s-learner": rules_then_model(policy, costs, seed, params),
     }
-    if rule_policy is not None:
-        learners["hybrid"] = hybrid(rule_policy, seed)
-    return learners
+    names = list(CANDIDATES if candidates is None else candidates)
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise UnknownCandidate(f"unknown candidate policies {unknown}: expected some of "
+                               f"{list(every)}")  # fmt: skip
+    return {"none": _none, "rules": rule_file(policy)} | {n: every[n] for n in names}
 
 
 def _arrays(
@@ -244,60 +287,77 @@ def value_table(
 CONFIDENT: tuple[str, ...] = ("s-learner confident", "tree d3 confident", "hybrid")
 
 
-#: The order candidates are tested in (fixed before seeing any data: the incumbent learner
-#: first, then the others by how well they did on other worlds); unlisted names come last.
-TEST_ORDER: tuple[str, ...] = (
-    "s-learner", "tree d2", "hybrid", "tree d3", "tree d3 confident", "s-learner confident",
-    "conv x fare", "tree d4", "rule file",
-)  # fmt: skip
+def adjusted_z(candidates: int) -> float:
+    """The number of standard errors a gain's lower bound is taken at when ``candidates``
+    learned policies are tested at once: Bonferroni's correction of the 95% interval
+    (two-sided 5% split over the candidates: 1.96 for one, 2.77 for nine)."""
+    return float(NormalDist().inv_cdf(1 - 0.025 / max(1, candidates)))
 
 
-def choose(table: pd.DataFrame, confident_only: bool = False) -> tuple[str, str]:
+def choose(
+    table: pd.DataFrame, confident_only: bool = False, require_baselines: bool = True
+) -> tuple[str, str]:
     """The selected policy and why (one line): the learned candidate of highest value among
     those whose gains over both baselines have positive lower bounds, else the better
     baseline. ``confident_only``: only ``CONFIDENT`` candidates may be selected.
+    ``require_baselines`` False (``NBA_GATE_BASELINES=false``): the learned candidate of
+    highest value, beyond noise or not.
 
     Testing ten candidates each at 95% lets one beat the baselines by chance far more often
-    than 5% of the time (measured: a tree was selected in a world without effects). The tests
-    are a fixed sequence: candidates in ``TEST_ORDER``, each at 95%, stopping at the first
-    that fails; the family-wise error stays at 5% (the order is fixed before the data), and the
-    incumbent, tested first, keeps the full power a single test has (Bonferroni over ten would
-    need 2.8 standard errors instead of 1.96)."""
+    than 5% of the time (measured: a tree was selected in a world without effects), so each
+    gain's lower bound is taken at ``adjusted_z`` standard errors (Bonferroni): the chance
+    that any candidate passes by noise alone stays under 5%, whatever the number of
+    candidates and in any order (a fixed test sequence, tried before, stopped at the first
+    failing candidate and never reached a better one behind it)."""
     learned = table.drop(index=[b for b in BASELINES if b in table.index])
     if confident_only:
         learned = learned.loc[[name for name in learned.index if name in CONFIDENT]]
-    rank = {name: i for i, name in enumerate(TEST_ORDER)}
-    ordered = sorted(learned.index, key=lambda name: rank.get(str(name), len(rank)))
-    passed = []
-    for name in ordered:
-        row = learned.loc[name]
-        if not (row["lb_vs_none"] > 0 and row.get("lb_vs_rules", 1.0) > 0):
-            break
-        passed.append(name)
-    learned = learned.loc[ordered]
-    sure = learned.loc[passed]
+    if not require_baselines and len(learned):
+        best = str(learned["value"].idxmax())
+        return best, f"{best}: the highest cross-fitted value (baselines not required)"
+    z = adjusted_z(len(learned))
+    lb_none = learned["gain_vs_none"] - z * learned["se_vs_none"]
+    lb_rules = learned["gain_vs_rules"] - z * learned["se_vs_rules"]
+    sure = learned.loc[(lb_none > 0) & (lb_rules > 0)]
     if len(sure):
         best = str(sure["value"].idxmax())
         row = sure.loc[best]
         return best, (
-            f"{best}: gain over none {row['gain_vs_none']:+.2f} (95% lower bound "
-            f"{row['lb_vs_none']:+.2f}), over rules {row['gain_vs_rules']:+.2f} "
-            f"(lower bound {row['lb_vs_rules']:+.2f}) per decision"
+            f"{best}: gain over none {row['gain_vs_none']:+.2f} (lower bound "
+            f"{lb_none[best]:+.2f}), over the rules {row['gain_vs_rules']:+.2f} (lower bound "
+            f"{lb_rules[best]:+.2f}) per decision; bounds at {z:.2f} standard errors for "
+            f"{len(learned)} candidates"
         )
     base = table.loc[[b for b in BASELINES if b in table.index]]
     fallback = str(base["value"].idxmax())
-    top = str(learned["value"].idxmax()) if len(learned) else "no candidate"
     detail = ""
     if len(learned):
-        row = learned.loc[top]
+        top = str(learned["value"].idxmax())
         detail = (
-            f" (best, {top}: lower bounds {row['lb_vs_none']:+.2f} vs none, "
-            f"{row.get('lb_vs_rules', math.nan):+.2f} vs rules)"
+            f" (best, {top}: lower bounds {lb_none[top]:+.2f} vs none, {lb_rules[top]:+.2f} "
+            f"vs the rules at {z:.2f} standard errors for {len(learned)} candidates)"
         )
     return (
         fallback,
-        f"{fallback} stays: no learned policy beats none and rules beyond noise{detail}",
+        f"{fallback} stays: no learned policy beats none and the rules beyond noise{detail}",
     )
+
+
+def checks_of(selection: Selection) -> tuple[BaselineCheck, ...]:
+    """The selected policy's gains over the baselines and their lower bounds, at the
+    corrected number of standard errors ``choose`` tested them at: the gate's evidence."""
+    table = selection.table
+    learned = [n for n in table.index if n not in BASELINES]
+    if selection.confident_only:
+        learned = [n for n in learned if n in CONFIDENT]
+    z = adjusted_z(len(learned))
+    row = table.loc[selection.selected]
+    level = "95%" if len(learned) <= 1 else f"95% (corrected for {len(learned)} candidates)"
+    return tuple(
+        BaselineCheck(label, float(row[f"gain_vs_{key}"]),
+                      float(row[f"gain_vs_{key}"] - z * row[f"se_vs_{key}"]), level)
+        for key, label in (("none", "none"), ("rules", "the rule policy"))
+    )  # fmt: skip
 
 
 @dataclass
@@ -309,6 +369,7 @@ class Selection:
     reason: str
     scores: np.ndarray
     folds: np.ndarray
+    confident_only: bool = False
 
 
 def select(
@@ -318,6 +379,7 @@ def select(
     k: int = 3,
     seed: int = 0,
     confident_only: bool = False,
+    require_baselines: bool = True,
 ) -> Selection:
     """Cross-fitted DR values of every learner on ``train`` and the choice (module docstring)."""
     folds = folds_by_customer(train.decisions["customer_id"].to_numpy(object), k, seed)
@@ -328,8 +390,7 @@ def select(
         inside = np.flatnonzero(folds != fold)
         part, held = train.take(inside), train.take(out)
         for name, learn in learners.items():
-            picks = learn(part, scores[inside])(held.X, held.features)
-            chosen[name][out] = feasible(picks, held.features)
+            chosen[name][out] = choose_names(learn(part, scores[inside]), held.X, held.features)
     table = value_table(chosen, scores, train.decisions["customer_id"].to_numpy(object))
-    selected, reason = choose(table, confident_only)
-    return Selection(table, selected, reason, scores, folds)
+    selected, reason = choose(table, confident_only, require_baselines)
+    return Selection(table, selected, reason, scores, folds, confident_only)

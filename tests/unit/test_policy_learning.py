@@ -12,7 +12,7 @@ from features.contract import ACTIONS
 from training import metrics
 from training.confidence import ConfidenceFilter
 from training.policy_learning import PolicyTree, aipw_scores, folds_by_customer
-from training.selection import choose, value_table
+from training.selection import adjusted_z, choose, value_table
 
 PROMO, NONE = ACTIONS.index("promo"), ACTIONS.index("none")
 
@@ -124,7 +124,7 @@ def test_selection_takes_a_learned_policy_only_beyond_noise() -> None:
     assert "lower bound" in reason
     selected, reason = choose(_table(gain_learned=0.05, noise=3.0))
     assert selected in ("none", "rules")
-    assert "stays: no learned policy beats none and rules beyond noise" in reason
+    assert "stays: no learned policy beats none and the rules beyond noise" in reason
     assert "learned" in reason
 
 
@@ -146,18 +146,26 @@ def test_confidence_filter_acts_only_where_held_out_gains_are_sure() -> None:
     assert (filt.apply(other, np.ones(10)) == "none").all()
 
 
-def test_selection_tests_in_a_fixed_sequence_and_stops_at_the_first_failure() -> None:
+def test_selection_corrects_for_the_number_of_candidates_in_any_order() -> None:
     table = pd.DataFrame(
         {
-            "value": [0.0, 1.0, 5.0, 9.0],
-            "gain_vs_none": [0.0, 1.0, 5.0, 9.0],
-            "lb_vs_none": [0.0, 0.5, -0.1, 4.0],
-            "gain_vs_rules": [-1.0, 0.0, 4.0, 8.0],
-            "lb_vs_rules": [-2.0, 0.0, 3.0, 7.0],
+            "value": [0.0, 1.0, 5.0, 9.0, 7.0],
+            "gain_vs_none": [0.0, 1.0, 5.0, 9.0, 7.0],
+            "se_vs_none": [0.0, 0.5, 1.0, 1.0, 1.0],
+            "gain_vs_rules": [-1.0, 0.0, 2.2, 8.0, 6.0],
+            "se_vs_rules": [0.5, 0.0, 1.0, 1.0, 1.0],
         },
-        index=pd.Index(["none", "rules", "s-learner", "tree d2"], name="policy"),
+        index=pd.Index(["none", "rules", "s-learner", "tree d2", "hybrid"], name="policy"),
     )
-    # The incumbent (tested first) fails vs none: the sequence stops, tree d2 is never tested.
-    assert choose(table)[0] == "rules"  # the better baseline
-    table.loc["s-learner", "lb_vs_none"] = 0.2
-    assert choose(table)[0] == "tree d2"  # both pass: the higher value is selected
+    z = adjusted_z(3)
+    assert 2.3 < z < 2.5  # 95% split over three candidates
+    # s-learner would pass at 1.96 standard errors (2.2 - 1.96 > 0), not at the corrected z;
+    # the best passing candidate is taken whatever its place in the table.
+    assert choose(table)[0] == "tree d2"
+    table.loc["tree d2", "se_vs_rules"] = 4.0  # now unsure: the next best that passes
+    assert choose(table)[0] == "hybrid"
+    table.loc["hybrid", "se_vs_none"] = 4.0
+    selected, reason = choose(table)
+    assert selected == "rules"  # the better baseline stays
+    assert "beyond noise" in reason and f"{z:.2f} standard errors" in reason
+    assert choose(table, confident_only=True)[0] == "rules"

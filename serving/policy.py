@@ -184,6 +184,7 @@ def arbitrate_batch(
     blocked_mask: np.ndarray,
     epsilon: float = 0.0,
     seed: int | np.random.Generator | None = None,
+    prefer: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``arbitrate`` over many rows at once (offline scoring).
 
@@ -194,6 +195,7 @@ def arbitrate_batch(
             candidates marks the non-candidates as blocked: both are simply not eligible.
         epsilon: exploration probability in [0, 1].
         seed: seed (or generator) of the exploration draws.
+        prefer: a rule-based policy's column per row (``choose``).
 
     Returns:
         (chosen action names as an object array, propensities), one per row; the same choice as
@@ -210,7 +212,7 @@ def arbitrate_batch(
     if mask[:, _NONE_COLUMN].any():
         raise ValueError("'none' cannot be blocked (blocked_mask has True in its column)")
     eligible = ~mask & np.isfinite(values)
-    chosen, propensity, _ = choose(values, eligible, epsilon, np.random.default_rng(seed))
+    chosen, propensity, _ = choose(values, eligible, epsilon, np.random.default_rng(seed), prefer)
     return np.asarray(ACTIONS, dtype=object)[chosen], propensity
 
 

@@ -14,6 +14,8 @@ import pandas as pd
 from features.build import count_in_window
 from features.conditions import CHANNELS
 from features.derive import derive_features
+from serving.advice import advises
+from serving.advice import many as advice_many
 from serving.decider import Decider, Request
 from serving.guardrails import RuleSet
 from serving.history import COUNTS, MARKETING
@@ -132,15 +134,26 @@ def score(
         apology_budget_left=UNLIMITED_BUDGET,
         **{k: v.to_numpy() for k, v in contact_counts_offline(requests, history).items()},
     )
+    # The selected policy's own rule of choice (``serving.advice``), as in the service.
+    lower = np.full(values.shape, np.nan)
+    advice = None
+    if advises(model):
+        advice = model.advise(X.to_numpy(np.float64), context, values)
+        values = advice.values.copy()
+        values[:, ACTIONS.index("none")] = 0.0
+        lower = advice.lower
     mask, blocked_by = evaluate_batch(rules, context)
-    chosen, propensity = arbitrate_batch(values, mask)
+    prefer = advice_many(advice, np.arange(len(values)), mask, blocked_by)
+    chosen, propensity = arbitrate_batch(values, mask, prefer=prefer)
     intended = chosen.copy()
     member = np.zeros(len(requests), dtype=bool)
     if holdout is not None:
         member = holdout.members(requests["customer_id"].astype(str))
         if member.any():
             held_mask = mask[member] | holdout.withheld_mask()
-            chosen[member], propensity[member] = arbitrate_batch(values[member], held_mask)
+            chosen[member], propensity[member] = arbitrate_batch(
+                values[member], held_mask, prefer=None if prefer is None else prefer[member]
+            )
             mask[member] = held_mask
             for i in np.flatnonzero(member).tolist():
                 blocked_by[i] = [
@@ -162,6 +175,7 @@ def score(
     for j, action in enumerate(ACTIONS):
         out[f"uplift_{action}"] = uplift[:, j]
         out[f"value_{action}"] = values[:, j]
+        out[f"value_lower_{action}"] = lower[:, j]
         out[f"eligible_{action}"] = ~mask[:, j]
         out[f"blocked_by_{action}"] = [";".join(rows[j]) for rows in blocked_by]
     out["features_found"] = stored["marketing_opt_in"].notna().to_numpy()
@@ -198,6 +212,10 @@ def score_live(decider: Decider, requests: pd.DataFrame, channel: str = "email")
         entries = [next((r for r in a["ranking"] if r["action"] == action), None) for a in answers]
         out[f"uplift_{action}"] = [np.nan if e is None else e["uplift"] for e in entries]
         out[f"value_{action}"] = [np.nan if e is None else e["expected_value"] for e in entries]
+        out[f"value_lower_{action}"] = [
+            np.nan if e is None or e.get("value_lower") is None else e["value_lower"]
+            for e in entries
+        ]
         out[f"eligible_{action}"] = [bool(e and e["eligible"]) for e in entries]
         out[f"blocked_by_{action}"] = [";".join(e["blocked_by"]) if e else "" for e in entries]
     out["features_found"] = [bool(a.get("known_customer", True)) for a in answers]

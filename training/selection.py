@@ -38,10 +38,10 @@ from training.policy_learning import (
     ConversionFareModel,
     Interval,
     PolicyTree,
-    aipw_scores,
-    cross_fitted_values,
+    cross_fitted_parts,
     folds_by_customer,
     restrict_scores,
+    structural_scores,
 )
 from training.priors import HybridPolicy, judge_rules
 from training.served import (
@@ -60,7 +60,7 @@ from training.served import (
     model_values,
 )
 from training.uplift import MultiActionUplift
-from training.value import ActionCosts, realized_value
+from training.value import ActionCosts
 
 #: A learner: from training rows and their AIPW scores to a fitted policy.
 Learner = Callable[[TrainingSet, np.ndarray], FittedPolicy]
@@ -245,13 +245,15 @@ def _arrays(
 def logged_scores(
     data: TrainingSet, costs: ActionCosts, folds: np.ndarray, seed: int = 0
 ) -> np.ndarray:
-    """AIPW scores ``(n, 4)`` of ``data`` with a reward model cross-fitted over ``folds``
-    (a promo where none may be sent scored as doing nothing: ``restrict_scores``)."""
+    """Doubly-robust scores ``(n, 4)`` of ``data``, conversion first
+    (``policy_learning.structural_scores``), with the conversion, fare and unsubscribe models
+    cross-fitted over ``folds`` (a promo where none may be sent scored as doing nothing:
+    ``restrict_scores``)."""
     X, action, propensity, converted, revenue, unsub = _arrays(data)
     outcomes = {"converted": converted, "revenue": revenue, "unsubscribed": unsub}
-    q = cross_fitted_values(X, outcomes, action, propensity, folds, costs, seed)
-    reward = realized_value(action, revenue, unsub, costs)
-    return restrict_scores(aipw_scores(q, action, propensity, reward), data.features)
+    parts = cross_fitted_parts(X, outcomes, action, propensity, folds, costs, seed)
+    scores = structural_scores(parts, action, propensity, converted, unsub, costs)
+    return restrict_scores(scores, data.features)
 
 
 def value_table(

@@ -79,6 +79,21 @@ def test_the_rule_file_acts_as_written_and_says_which_rule_blocks_the_rest() -> 
         assert RULE_POLICY in by_action(out)["promo"]["blocked_by"]
 
 
+def test_offline_scoring_chooses_as_the_service_does() -> None:
+    from serving.guardrails import load_rules
+    from serving.score import score
+
+    rows = {"M": milestone_customer(), "Q": quiet_customer(), "S": quiet_customer(searches_7d=5)}
+    for policy in (RulePolicyAsWritten(RULES), TreePolicy(_tree())):
+        model = served(policy)
+        requests = pd.DataFrame({"customer_id": list(rows), "decided_at": [NOW] * len(rows),
+                                 "decision_id": list(rows)})  # fmt: skip
+        stored = pd.DataFrame([rows[c] for c in rows])[list(schema.STORED)]
+        offline = score(model.estimator, load_rules(), requests, stored, costs=COSTS)
+        online = [make(rows, model=model).decide(Request(c))["action"] for c in rows]
+        assert offline["action"].tolist() == online
+
+
 def test_a_guardrail_still_binds_a_rule_policy() -> None:
     row = milestone_customer()
     # A cancellation two days ago, not made good: no recognition now (a guardrail).

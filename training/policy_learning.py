@@ -18,6 +18,10 @@ unbiased estimate of the policy's value directly:
   policy a brand can read); unlike ``policytree`` the search is greedy, not exhaustive, to stay
   linear in rows. ``confidence_z > 0`` makes a leaf act only when the lower bound of its mean
   score gain over ``none`` is positive ("act only when confident").
+
+``aipw_scores`` and ``PolicyTree`` take the action set as a parameter (``ACTIONS`` and ``none``
+by default): the same scores and tree serve any randomized or logged experiment, e.g. the
+Hillstrom e-mail arms (``training.hillstrom_policy``).
 """
 
 from __future__ import annotations
@@ -174,19 +178,24 @@ def cross_fitted_values(
 
 
 def aipw_scores(
-    q_hat: np.ndarray, action: np.ndarray, propensity: np.ndarray, reward: np.ndarray
+    q_hat: np.ndarray,
+    action: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+    actions: Sequence[str] = ACTIONS,
 ) -> np.ndarray:
-    """Doubly-robust (AIPW) score of every action for every row, ``(n, 4)``.
+    """Doubly-robust (AIPW) score of every action for every row, ``(n, len(actions))``.
 
     ``Γ[i, a] = q_hat[i, a] + 1[action_i = a] (reward_i - q_hat[i, a]) / propensity_i``; the
-    mean of ``Γ[i, π(x_i)]`` is ``metrics.dr_value`` of the policy π.
+    mean of ``Γ[i, π(x_i)]`` is ``metrics.dr_value`` of the policy π. ``q_hat``'s columns and
+    the scores' are in ``actions`` order.
     """
     q_hat = np.asarray(q_hat, dtype=np.float64)
-    codes = pd.Index(ACTIONS).get_indexer(np.asarray(action, dtype=object))
+    codes = pd.Index(list(actions)).get_indexer(np.asarray(action, dtype=object))
     if (codes < 0).any():
-        raise ValueError(f"unknown actions in the log: expected values in {list(ACTIONS)}")
-    if q_hat.shape != (len(codes), len(ACTIONS)):
-        raise ValueError(f"q_hat has shape {q_hat.shape}, expected {(len(codes), len(ACTIONS))}")
+        raise ValueError(f"unknown actions in the log: expected values in {list(actions)}")
+    if q_hat.shape != (len(codes), len(actions)):
+        raise ValueError(f"q_hat has shape {q_hat.shape}, expected {(len(codes), len(actions))}")
     rows = np.arange(len(codes))
     scores = q_hat.copy()
     scores[rows, codes] += (reward - q_hat[rows, codes]) / propensity
@@ -251,9 +260,11 @@ class PolicyTree:
         min_leaf: fewest rows in a leaf (regularization against chasing noisy scores).
         n_bins: candidate thresholds per feature (quantiles of the training rows).
         confidence_z: 0 takes each leaf's best action; ``z > 0`` takes it only when its mean
-            score gain over ``none`` minus ``z`` standard errors is positive, measured on half
-            of the rows the splits were not chosen on (honest leaves).
+            score gain over ``baseline`` minus ``z`` standard errors is positive, measured on
+            half of the rows the splits were not chosen on (honest leaves).
         random_state: seed of that halving.
+        actions: the scores' columns (``ACTIONS`` by default).
+        baseline: the action of "doing nothing": a leaf without confident evidence takes it.
     """
 
     def __init__(
@@ -263,21 +274,29 @@ class PolicyTree:
         n_bins: int = 32,
         confidence_z: float = 0.0,
         random_state: int = 0,
+        actions: Sequence[str] = ACTIONS,
+        baseline: str = "none",
     ) -> None:
         if max_depth < 0 or min_leaf < 1 or n_bins < 2 or confidence_z < 0:
             raise ValueError("need max_depth >= 0, min_leaf >= 1, n_bins >= 2, confidence_z >= 0")
+        if baseline not in actions:
+            raise ValueError(f"baseline {baseline!r} is not one of the actions {list(actions)}")
         self.max_depth = max_depth
         self.min_leaf = min_leaf
         self.n_bins = n_bins
         self.confidence_z = confidence_z
         self.random_state = random_state
+        self.actions = tuple(actions)
+        self.baseline = baseline
+        self._baseline_code = self.actions.index(baseline)
 
     def fit(self, X: np.ndarray, scores: np.ndarray) -> PolicyTree:
-        """Grow the tree on features ``X`` (n, p; NaN allowed) and AIPW ``scores`` (n, 4)."""
+        """Grow the tree on features ``X`` (n, p; NaN allowed) and AIPW ``scores``
+        (n, ``len(actions)``)."""
         X = np.asarray(X, dtype=np.float64)
         scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != (len(X), len(ACTIONS)):
-            raise ValueError(f"scores must be (n, {len(ACTIONS)}), got {scores.shape}")
+        if scores.shape != (len(X), len(self.actions)):
+            raise ValueError(f"scores must be (n, {len(self.actions)}), got {scores.shape}")
         filled = self._fill(X)
         self._code_of: dict[int, int] = {}
         qs = np.linspace(0, 1, self.n_bins + 1)[1:-1]
@@ -301,7 +320,7 @@ class PolicyTree:
         self, node: _Node, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray
     ) -> None:
         if node.left is None or node.right is None:
-            node.action = self._leaf_action(scores[rows]) if len(rows) > 1 else NONE_CODE
+            node.action = self._leaf_action(scores[rows]) if len(rows) > 1 else self._baseline_code
             return
         goes_left = codes[rows, node.feature] <= self._code_of[id(node)]
         self._relabel(node.left, codes, scores, rows[goes_left])
@@ -316,11 +335,12 @@ class PolicyTree:
     def _leaf_action(self, scores: np.ndarray) -> int:
         mean = scores.mean(axis=0)
         best = int(mean.argmax())
-        if self.confidence_z > 0 and best != NONE_CODE and len(scores) > 1:
-            gain = scores[:, best] - scores[:, NONE_CODE]
+        base = self._baseline_code
+        if self.confidence_z > 0 and best != base and len(scores) > 1:
+            gain = scores[:, best] - scores[:, base]
             lower = gain.mean() - self.confidence_z * gain.std(ddof=1) / math.sqrt(len(gain))
             if lower <= 0:
-                return NONE_CODE
+                return base
         return best
 
     def _grow(self, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray, depth: int) -> _Node:
@@ -339,7 +359,7 @@ class PolicyTree:
             sums = np.column_stack(
                 [
                     np.bincount(c, weights=node_scores[:, a], minlength=n_edges + 1)
-                    for a in range(len(ACTIONS))
+                    for a in range(len(self.actions))
                 ]
             )
             left = np.cumsum(sums, axis=0)[:-1]
@@ -361,25 +381,47 @@ class PolicyTree:
         node.right = self._grow(codes, scores, rows[~goes_left], depth + 1)
         return node
 
-    def predict_codes(self, X: np.ndarray) -> np.ndarray:
-        """Action index (``ACTIONS`` order) per row."""
+    def _leaves(self, X: np.ndarray) -> tuple[np.ndarray, list[_Node]]:
+        """Leaf number per row (leaves numbered left to right) and the leaves in that order."""
         filled = self._fill(np.asarray(X, dtype=np.float64))
+        leaves: list[_Node] = []
+        numbers: dict[int, int] = {}
+
+        def number(node: _Node) -> None:
+            if node.left is None or node.right is None:
+                numbers[id(node)] = len(leaves)
+                leaves.append(node)
+                return
+            number(node.left)
+            number(node.right)
+
+        number(self.root_)
         out = np.empty(len(filled), dtype=np.int64)
         stack: list[tuple[_Node, np.ndarray]] = [(self.root_, np.arange(len(filled)))]
         while stack:
             node, rows = stack.pop()
             if node.left is None or node.right is None:
-                out[rows] = node.action
+                out[rows] = numbers[id(node)]
                 continue
             # Same side as training: a value equal to the edge goes left.
             left = filled[rows, node.feature] <= node.threshold
             stack.append((node.left, rows[left]))
             stack.append((node.right, rows[~left]))
-        return out
+        return out, leaves
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """Leaf number per row, leaves numbered left to right from 0 (as scikit-learn's
+        ``apply``: rows of one leaf get one action; per-leaf statistics group by it)."""
+        return self._leaves(X)[0]
+
+    def predict_codes(self, X: np.ndarray) -> np.ndarray:
+        """Action index (``actions`` order) per row."""
+        leaf, leaves = self._leaves(X)
+        return np.array([node.action for node in leaves], dtype=np.int64)[leaf]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Action name per row."""
-        return np.array(ACTIONS, dtype=object)[self.predict_codes(X)]
+        return np.array(self.actions, dtype=object)[self.predict_codes(X)]
 
     def describe(self, names: Sequence[str]) -> list[str]:
         """The tree as readable rules, one line per leaf."""
@@ -387,7 +429,8 @@ class PolicyTree:
 
         def walk(node: _Node, path: list[str]) -> None:
             if node.left is None or node.right is None:
-                lines.append(f"{' and '.join(path) or 'everyone'} -> {ACTIONS[node.action]}")
+                rule = " and ".join(path) or "everyone"
+                lines.append(f"{rule} -> {self.actions[node.action]}")
                 return
             name = names[node.feature]
             walk(node.left, [*path, f"{name} <= {node.threshold:g}"])

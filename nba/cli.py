@@ -562,9 +562,16 @@ def benchmark_hillstrom(
     peers: Annotated[
         bool, typer.Option(help="Also run scikit-uplift and causalml (the `bench` extra).")
     ] = True,
+    policy: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the policy-learning methods (DR-learner and policy tree on AIPW "
+            "scores, the confidence filter)."
+        ),
+    ] = True,
 ) -> None:
     """Our estimator beside scikit-uplift and causalml on Hillstrom (visit, 70/30 split)."""
-    from training.hillstrom import run as run_hillstrom
+    from training.hillstrom_policy import run as run_hillstrom
 
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
@@ -573,24 +580,34 @@ def benchmark_hillstrom(
     if not data.is_file():
         raise CliError(f"--data: {data} is not a file")
     with console.status("[bold]Hillstrom benchmark[/]…", spinner="dots") as status:
+        started = time.perf_counter()
         table = run_hillstrom(
-            data, seeds=seed_list, peers=peers, progress=lambda label: status.update(label)
+            data,
+            seeds=seed_list,
+            peers=peers,
+            policy=policy,
+            progress=lambda label: status.update(
+                f"[bold]Hillstrom[/] {time.perf_counter() - started:.0f} s: {label}"
+            ),
         )
     out = Table(
-        title=f"Hillstrom (visit): seed {seed_list[0]} split, and mean over seeds {seed_list}"
+        title=f"Hillstrom (visit): seed {seed_list[0]} split, and mean ± sd over seeds {seed_list}"
     )
-    for col in ("learner", "Qini W", "Qini M", "IPW 3-arm", "Qini W mean", "Qini M mean",
-                "IPW mean", "s/fit", "note"):  # fmt: skip
+    for col in ("learner", "Qini W", "Qini M", "IPW 3-arm", "Qini W mean ± sd", "Qini M mean",
+                "IPW mean", "IPW SE", "s/fit", "note"):  # fmt: skip
         out.add_column(col)
     for _, row in table.iterrows():
+        spread = row.get("qini_womens_std")
+        qini_w = report.fmt(row.get("qini_womens_mean"), 3)
         out.add_row(
             str(row["learner"]),
             report.fmt(row.get("qini_womens"), 3),
             report.fmt(row.get("qini_mens"), 3),
             report.fmt(row.get("ipw_value_3arm"), 4),
-            report.fmt(row.get("qini_womens_mean"), 3),
+            qini_w if qini_w == "-" else f"{qini_w} ± {report.fmt(spread, 3)}",
             report.fmt(row.get("qini_mens_mean"), 3),
             report.fmt(row.get("ipw_value_3arm_mean"), 4),
+            report.fmt(row.get("ipw_se_mean"), 4),
             report.fmt(row.get("seconds"), 1),
             str(row.get("error") or ""),
         )

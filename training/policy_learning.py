@@ -3,7 +3,9 @@
 CATE regression ranks customers by estimated effects and acts on the argmax; when revenue is
 large and noisy next to the effects (an independently written world: ~2%), the estimated
 effects are mostly noise and the argmax acts on it. Policy learning instead maximizes an
-unbiased estimate of the policy's value directly:
+unbiased estimate of the policy's value directly (``aipw_scores`` and ``PolicyTree`` take the
+action set as a parameter, ``ACTIONS`` and ``none`` by default, so they also serve other
+experiments, e.g. the Hillstrom e-mail arms: ``training.hillstrom_policy``):
 
 * ``ConversionFareModel`` (variance reduction): the reward model is built from low-variance
   parts instead of a regression of realized revenue: per-action conversion models, one fare
@@ -240,19 +242,24 @@ def structural_scores(
 
 
 def aipw_scores(
-    q_hat: np.ndarray, action: np.ndarray, propensity: np.ndarray, reward: np.ndarray
+    q_hat: np.ndarray,
+    action: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+    actions: Sequence[str] = ACTIONS,
 ) -> np.ndarray:
-    """Doubly-robust (AIPW) score of every action for every row, ``(n, 4)``.
+    """Doubly-robust (AIPW) score of every action for every row, ``(n, len(actions))``.
 
     ``Γ[i, a] = q_hat[i, a] + 1[action_i = a] (reward_i - q_hat[i, a]) / propensity_i``; the
-    mean of ``Γ[i, π(x_i)]`` is ``metrics.dr_value`` of the policy π.
+    mean of ``Γ[i, π(x_i)]`` is ``metrics.dr_value`` of the policy π. ``q_hat``'s columns and
+    the scores' are in ``actions`` order.
     """
     q_hat = np.asarray(q_hat, dtype=np.float64)
-    codes = pd.Index(ACTIONS).get_indexer(np.asarray(action, dtype=object))
+    codes = pd.Index(list(actions)).get_indexer(np.asarray(action, dtype=object))
     if (codes < 0).any():
-        raise ValueError(f"unknown actions in the log: expected values in {list(ACTIONS)}")
-    if q_hat.shape != (len(codes), len(ACTIONS)):
-        raise ValueError(f"q_hat has shape {q_hat.shape}, expected {(len(codes), len(ACTIONS))}")
+        raise ValueError(f"unknown actions in the log: expected values in {list(actions)}")
+    if q_hat.shape != (len(codes), len(actions)):
+        raise ValueError(f"q_hat has shape {q_hat.shape}, expected {(len(codes), len(actions))}")
     rows = np.arange(len(codes))
     scores = q_hat.copy()
     scores[rows, codes] += (reward - q_hat[rows, codes]) / propensity
@@ -321,9 +328,11 @@ class PolicyTree:
         min_leaf: fewest rows in a leaf (regularization against chasing noisy scores).
         n_bins: candidate thresholds per feature (quantiles of the training rows).
         confidence_z: 0 takes each leaf's best action; ``z > 0`` takes it only when its mean
-            score gain over ``none`` minus ``z`` standard errors is positive, measured on half
-            of the rows the splits were not chosen on (honest leaves).
+            score gain over ``baseline`` minus ``z`` standard errors is positive, measured on
+            half of the rows the splits were not chosen on (honest leaves).
         random_state: seed of that halving.
+        actions: the scores' columns (``ACTIONS`` by default).
+        baseline: the action of "doing nothing": a leaf without confident evidence takes it.
     """
 
     def __init__(
@@ -333,21 +342,29 @@ class PolicyTree:
         n_bins: int = 32,
         confidence_z: float = 0.0,
         random_state: int = 0,
+        actions: Sequence[str] = ACTIONS,
+        baseline: str = "none",
     ) -> None:
         if max_depth < 0 or min_leaf < 1 or n_bins < 2 or confidence_z < 0:
             raise ValueError("need max_depth >= 0, min_leaf >= 1, n_bins >= 2, confidence_z >= 0")
+        if baseline not in actions:
+            raise ValueError(f"baseline {baseline!r} is not one of the actions {list(actions)}")
         self.max_depth = max_depth
         self.min_leaf = min_leaf
         self.n_bins = n_bins
         self.confidence_z = confidence_z
         self.random_state = random_state
+        self.actions = tuple(actions)
+        self.baseline = baseline
+        self._baseline_code = self.actions.index(baseline)
 
     def fit(self, X: np.ndarray, scores: np.ndarray) -> PolicyTree:
-        """Grow the tree on features ``X`` (n, p; NaN allowed) and AIPW ``scores`` (n, 4)."""
+        """Grow the tree on features ``X`` (n, p; NaN allowed) and AIPW ``scores``
+        (n, ``len(actions)``)."""
         X = np.asarray(X, dtype=np.float64)
         scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != (len(X), len(ACTIONS)):
-            raise ValueError(f"scores must be (n, {len(ACTIONS)}), got {scores.shape}")
+        if scores.shape != (len(X), len(self.actions)):
+            raise ValueError(f"scores must be (n, {len(self.actions)}), got {scores.shape}")
         filled = self._fill(X)
         self._code_of: dict[int, int] = {}
         qs = np.linspace(0, 1, self.n_bins + 1)[1:-1]
@@ -374,7 +391,7 @@ class PolicyTree:
             if len(rows) > 1:
                 node.action, node.gain, node.lower = self._leaf(scores[rows])
             else:
-                node.action, node.gain, node.lower = NONE_CODE, None, None
+                node.action, node.gain, node.lower = self._baseline_code, None, None
             return
         goes_left = codes[rows, node.feature] <= self._code_of[id(node)]
         self._relabel(node.left, codes, scores, rows[goes_left])
@@ -387,29 +404,30 @@ class PolicyTree:
         return np.where(np.isnan(X), 1e12, X)
 
     def _leaf(self, scores: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        """A leaf's action, its mean gains over ``none`` and their lower bounds.
+        """A leaf's action, its mean gains over ``baseline`` and their lower bounds.
 
         Without confidence the action of highest mean score; with ``confidence_z > 0`` the
-        best among the actions whose gain's lower bound is positive (``none`` when there is
-        none): the rule the service applies to the same values (``training.served``)."""
-        gain = scores.mean(axis=0) - scores[:, NONE_CODE].mean()
-        gain[NONE_CODE] = 0.0
-        lower = np.full(len(ACTIONS), math.nan)
+        best among the actions whose gain's lower bound is positive (``baseline`` when there
+        is none): the rule the service applies to the same values (``training.served``)."""
+        base = self._baseline_code
+        gain = scores.mean(axis=0) - scores[:, base].mean()
+        gain[base] = 0.0
+        lower = np.full(len(self.actions), math.nan)
         if self.confidence_z > 0:
             if len(scores) > 1:
-                diff = scores - scores[:, [NONE_CODE]]
+                diff = scores - scores[:, [base]]
                 se = diff.std(axis=0, ddof=1) / math.sqrt(len(scores))
                 lower = gain - self.confidence_z * se
             else:
-                lower = np.full(len(ACTIONS), -math.inf)
-            lower[NONE_CODE] = 0.0
+                lower = np.full(len(self.actions), -math.inf)
+            lower[base] = 0.0
             allowed = lower > 0
-            allowed[NONE_CODE] = True
+            allowed[base] = True
             masked = np.where(allowed, gain, -np.inf)
             best = int(masked.argmax())
-            return (best if masked[best] > 0 else NONE_CODE), gain, lower
+            return (best if masked[best] > 0 else base), gain, lower
         best = int(gain.argmax())
-        return (best if gain[best] > 0 else NONE_CODE), gain, lower
+        return (best if gain[best] > 0 else base), gain, lower
 
     def _grow(self, codes: np.ndarray, scores: np.ndarray, rows: np.ndarray, depth: int) -> _Node:
         node_scores = scores[rows]
@@ -427,7 +445,7 @@ class PolicyTree:
             sums = np.column_stack(
                 [
                     np.bincount(c, weights=node_scores[:, a], minlength=n_edges + 1)
-                    for a in range(len(ACTIONS))
+                    for a in range(len(self.actions))
                 ]
             )
             left = np.cumsum(sums, axis=0)[:-1]
@@ -449,46 +467,58 @@ class PolicyTree:
         node.right = self._grow(codes, scores, rows[~goes_left], depth + 1)
         return node
 
-    def _leaves(self, X: np.ndarray) -> tuple[list[_Node], np.ndarray]:
-        """The leaves reached and the leaf index of each row of ``X``."""
+    def _leaves(self, X: np.ndarray) -> tuple[np.ndarray, list[_Node]]:
+        """Leaf number per row (leaves numbered left to right) and the leaves in that order."""
         filled = self._fill(np.asarray(X, dtype=np.float64))
-        leaf_of = np.empty(len(filled), dtype=np.int64)
         leaves: list[_Node] = []
+        numbers: dict[int, int] = {}
+
+        def number(node: _Node) -> None:
+            if node.left is None or node.right is None:
+                numbers[id(node)] = len(leaves)
+                leaves.append(node)
+                return
+            number(node.left)
+            number(node.right)
+
+        number(self.root_)
+        out = np.empty(len(filled), dtype=np.int64)
         stack: list[tuple[_Node, np.ndarray]] = [(self.root_, np.arange(len(filled)))]
         while stack:
             node, rows = stack.pop()
             if node.left is None or node.right is None:
-                leaf_of[rows] = len(leaves)
-                leaves.append(node)
+                out[rows] = numbers[id(node)]
                 continue
             # Same side as training: a value equal to the edge goes left.
             left = filled[rows, node.feature] <= node.threshold
             stack.append((node.left, rows[left]))
             stack.append((node.right, rows[~left]))
-        return leaves, leaf_of
+        return out, leaves
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """Leaf number per row, leaves numbered left to right from 0 (as scikit-learn's
+        ``apply``: rows of one leaf get one action; per-leaf statistics group by it)."""
+        return self._leaves(X)[0]
 
     def predict_codes(self, X: np.ndarray) -> np.ndarray:
-        """Action index (``ACTIONS`` order) per row."""
-        leaves, leaf_of = self._leaves(X)
-        codes = np.array([leaf.action for leaf in leaves], dtype=np.int64)
-        return codes[leaf_of]
+        """Action index (``actions`` order) per row."""
+        leaf, leaves = self._leaves(X)
+        return np.array([node.action for node in leaves], dtype=np.int64)[leaf]
 
     def predict_values(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's leaf estimates ``(gain, lower)``, ``(n, 4)`` each: the mean AIPW score
-        gain of every action over ``none`` in the row's leaf (the tree's value of that action
-        for the row, in currency per decision) and its lower bound (NaN without confidence).
-        The leaf's action is the best gain among the allowed ones (``_leaf``)."""
-        leaves, leaf_of = self._leaves(X)
-        empty = np.full(len(ACTIONS), math.nan)
-        gains = [empty] + [leaf.gain if leaf.gain is not None else empty for leaf in leaves]
-        lowers = [empty] + [leaf.lower if leaf.lower is not None else empty for leaf in leaves]
-        gain, lower = np.array(gains), np.array(lowers)
-        # Row 0 of the tables is a placeholder, so that no leaf (no rows) still indexes.
-        return gain[leaf_of + 1], lower[leaf_of + 1]
+        """Each row's leaf estimates ``(gain, lower)``, ``(n, len(actions))`` each: the mean
+        AIPW score gain of every action over ``baseline`` in the row's leaf (the tree's value
+        of that action for the row, in currency per decision) and its lower bound (NaN
+        without confidence). The leaf's action is the best gain among the allowed ones."""
+        leaf, leaves = self._leaves(X)
+        empty = np.full(len(self.actions), math.nan)
+        gain = np.array([n.gain if n.gain is not None else empty for n in leaves])
+        lower = np.array([n.lower if n.lower is not None else empty for n in leaves])
+        return gain[leaf], lower[leaf]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Action name per row."""
-        return np.array(ACTIONS, dtype=object)[self.predict_codes(X)]
+        return np.array(self.actions, dtype=object)[self.predict_codes(X)]
 
     def describe(self, names: Sequence[str]) -> list[str]:
         """The tree as readable rules, one line per leaf."""
@@ -496,7 +526,8 @@ class PolicyTree:
 
         def walk(node: _Node, path: list[str]) -> None:
             if node.left is None or node.right is None:
-                lines.append(f"{' and '.join(path) or 'everyone'} -> {ACTIONS[node.action]}")
+                rule = " and ".join(path) or "everyone"
+                lines.append(f"{rule} -> {self.actions[node.action]}")
                 return
             name = names[node.feature]
             walk(node.left, [*path, f"{name} <= {node.threshold:g}"])

@@ -36,7 +36,6 @@ decision log's ``degraded_reason``; a promo that cannot be recorded in the histo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -70,13 +69,13 @@ from serving.decision import (
     Request,
     Steps,
     _brief,
-    _finite,
     _response,
     apology_key,
+    log_record,
 )
 from serving.guardrails import RuleSet
 from serving.history import ContactHistory, contact_counts
-from serving.holdout import HOLDOUT_REASON, Holdout, policy_label
+from serving.holdout import HOLDOUT_REASON, Holdout
 from serving.policy import (
     NONE,
     DailyBudget,
@@ -571,32 +570,8 @@ class Decider:
         if self._log is None:
             return
         version = self.model.version if self.model is not None else None
-        record: dict[str, Any] = {
-            "decision_id": response["decision_id"],
-            "customer_id": request.customer_id,
-            "decided_at": now,
-            "action": decision.action,
-            "policy": policy_label(response["holdout"], decision.explored, version),
-            "propensity": decision.propensity,
-            "channel": request.channel,
-            "intended_action": intended,
-            "model_version": version,
-            "degraded": degraded_reason is not None,
-            "degraded_reason": degraded_reason,
-            "explored": decision.explored,
-            "candidates": ";".join(request.candidates),
-            "context": json.dumps(dict(request.context), default=str) if request.context else None,
-            "features_found": found,
-        }
-        for ranked in decision.ranking:
-            a = ranked.action
-            record[f"uplift_{a}"] = _finite(ranked.uplift)
-            record[f"value_{a}"] = _finite(ranked.expected_value)
-            record[f"eligible_{a}"] = ranked.eligible
-            record[f"blocked_by_{a}"] = ";".join(ranked.blocked_by)
-        for name in schema.MODEL_FEATURES:
-            value = row.get(name)
-            record[f"f_{name}"] = None if value is None else float(value)
+        record = log_record(request, now, decision, response, row, found, degraded_reason,
+                            intended, version)  # fmt: skip
         record["latency_ms"] = (time.perf_counter() - started) * 1000.0
         self._log(record)
 

@@ -6,6 +6,7 @@ neither imports the other's internals.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+from features import schema
 from features.columns import FeatureColumns
 from features.contract import ACTIONS
 from memory.fold import empty_state, served
 from serving.history import Contact
+from serving.holdout import policy_label
 from serving.policy import Decision
 
 #: Channel assumed when a request gives none (booking sites call at search time).
@@ -146,3 +149,44 @@ def _response(
         "known_customer": known,
         "holdout": holdout,
     }
+
+
+def log_record(
+    request: Request,
+    now: datetime,
+    decision: Decision,
+    response: Mapping[str, Any],
+    row: Mapping[str, Any],
+    found: bool,
+    degraded_reason: str | None,
+    intended: str,
+    version: str | None,
+) -> dict[str, Any]:
+    """One decision's decision-log row (``features.decision_log``), but its latency."""
+    record: dict[str, Any] = {
+        "decision_id": response["decision_id"],
+        "customer_id": request.customer_id,
+        "decided_at": now,
+        "action": decision.action,
+        "policy": policy_label(response["holdout"], decision.explored, version),
+        "propensity": decision.propensity,
+        "channel": request.channel,
+        "intended_action": intended,
+        "model_version": version,
+        "degraded": degraded_reason is not None,
+        "degraded_reason": degraded_reason,
+        "explored": decision.explored,
+        "candidates": ";".join(request.candidates),
+        "context": json.dumps(dict(request.context), default=str) if request.context else None,
+        "features_found": found,
+    }
+    for ranked in decision.ranking:
+        a = ranked.action
+        record[f"uplift_{a}"] = _finite(ranked.uplift)
+        record[f"value_{a}"] = _finite(ranked.expected_value)
+        record[f"eligible_{a}"] = ranked.eligible
+        record[f"blocked_by_{a}"] = ";".join(ranked.blocked_by)
+    for name in schema.MODEL_FEATURES:
+        value = row.get(name)
+        record[f"f_{name}"] = None if value is None else float(value)
+    return record

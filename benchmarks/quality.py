@@ -55,7 +55,7 @@ from nba.worlds import PRESETS
 from training import metrics
 from training.dataset import assemble, entity_frame, time_split
 from training.policy_learning import promo_allowed
-from training.selection import default_learners, select
+from training.selection import CANDIDATES, DEFAULT_CANDIDATES, default_learners, select
 from training.served import choose_names
 from training.value import ActionCosts, true_value
 
@@ -71,8 +71,12 @@ def run_world(
     world = simulate(SimulationConfig(end=END, customers=customers, seed=seed, world=name))
     data = assemble(world, build_features(world, entity_frame(world)))
     train, test = time_split(data, 0.2)
-    learners = default_learners(costs, seed, load_rule_policy())
-    selection = select(train, learners, costs, k=3, seed=seed, confident_only=confident_only)
+    learners = default_learners(costs, seed, load_rule_policy(), candidates=CANDIDATES)
+    # Every method is fitted and scored; the selection compares the default candidates only,
+    # as ``nba train`` does (each one tested costs the others power).
+    considered = {n: learn for n, learn in learners.items()
+                  if n in ("none", "rules", *DEFAULT_CANDIDATES) or confident_only}  # fmt: skip
+    selection = select(train, considered, costs, k=3, seed=seed, confident_only=confident_only)
     assert test.truth is not None
     truth = true_value(test.truth, ACTIONS, costs)
     # The contract forbids promos to customers who opted out or unsubscribed: there a promo is
@@ -114,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [
         run_world(w, args.customers, args.seed, costs, args.confident_only) for w in args.worlds
     ]
-    methods = [*default_learners(costs, rule_policy=load_rule_policy()), "selected"]
+    methods = [*default_learners(costs, rule_policy=load_rule_policy(), candidates=CANDIDATES),
+               "selected"]  # fmt: skip
 
     table = Table(title=f"oracle share on held-out decisions ({args.customers:,} customers, "
                   f"seed {args.seed}; no-effect world: Δ$ per decision vs none)")  # fmt: skip

@@ -90,7 +90,7 @@ def select_policy(
     of them; ``model`` (the uplift model fitted on them) serves the S-learner candidate and
     every answer's uplifts."""
     seed = int(params.get("random_state", 0))
-    learners = default_learners(costs, seed, rule_policy, candidates, params)
+    learners = default_learners(costs, seed, rule_policy, candidates, params, confident_only)
     stage(f"selecting the policy among {len(learners) - len(BASELINES)} candidates and "
           f"{len(BASELINES)} baselines (cross-fitted on {len(train):,} decisions)")  # fmt: skip
     selection = select(train, learners, costs, k=3, seed=seed, confident_only=confident_only,

@@ -189,12 +189,16 @@ def rules_then_model(policy: RulePolicy, costs: ActionCosts, seed: int = 0,
     return learn
 
 
-#: Every candidate ``default_learners`` knows, in its order (``NBA_TRAIN_CANDIDATES`` names
-#: a subset; the baselines are always compared).
+#: Every candidate ``default_learners`` knows (``NBA_TRAIN_CANDIDATES`` names a subset; the
+#: baselines are always compared).
 CANDIDATES: tuple[str, ...] = (
     "s-learner", "s-learner confident", "conv x fare", "tree d2", "tree d3", "tree d4",
     "tree d3 confident", "hybrid", "rules + s-learner",
 )  # fmt: skip
+#: The candidates compared by default: each one tested costs every other power (Bonferroni), so
+#: only those that were best somewhere on the world presets (docs/benchmarks.md) and are not
+#: dominated elsewhere; ``CONFIDENT`` ones when only confident policies may be selected.
+DEFAULT_CANDIDATES: tuple[str, ...] = ("rules + s-learner", "s-learner", "tree d2", "hybrid")
 
 
 def default_learners(
@@ -203,11 +207,12 @@ def default_learners(
     rule_policy: RulePolicy | None = None,
     candidates: Sequence[str] | None = None,
     params: Mapping[str, Any] | None = None,
+    confident_only: bool = False,
 ) -> dict[str, Learner]:
     """The baselines (``none``, the brand's rule file as ``rules``) and the candidates: the
     uplift model (with ``params``: ``nba train``'s settings), the direct method, trees and the
-    hybrid (all of ``CANDIDATES`` unless ``candidates`` names some). Raises ``ValueError``
-    naming an unknown candidate."""
+    hybrids; ``candidates`` names them (default ``DEFAULT_CANDIDATES``, or ``CONFIDENT`` with
+    ``confident_only``). Raises ``UnknownCandidate`` naming an unknown one."""
     policy = rule_policy if rule_policy is not None else load_rule_policy()
     every: dict[str, Learner] = {
         "s-learner": s_learner(costs, seed, params),
@@ -220,7 +225,8 @@ def default_learners(
         "hybrid": hybrid(policy, seed),
         "rules + s-learner": rules_then_model(policy, costs, seed, params),
     }
-    names = list(CANDIDATES if candidates is None else candidates)
+    default = CONFIDENT if confident_only else DEFAULT_CANDIDATES
+    names = list(default if candidates is None else candidates)
     unknown = [n for n in names if n not in every]
     if unknown:
         raise UnknownCandidate(f"unknown candidate policies {unknown}: expected some of "

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from features.rule_policy import load_rule_policy
 from nba import workspace
 from nba.cli import app
 from nba.settings import load_settings
@@ -30,8 +31,9 @@ def _no_nba_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_init_creates_the_layout_and_refuses_twice(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     written = workspace.init(root)
-    for name in ("nba.yaml", "guardrails.yaml", "triggers.yaml", "feature_repo/definitions.py",
-                 "feature_repo/feature_store.yaml", "feature_repo/.feastignore"):  # fmt: skip
+    for name in ("nba.yaml", "guardrails.yaml", "triggers.yaml", "rules.yaml",
+                 "feature_repo/definitions.py", "feature_repo/feature_store.yaml",
+                 "feature_repo/.feastignore"):  # fmt: skip
         assert (root / name).is_file(), name
         assert root / name in written
     for folder in ("data", "models", "logs", "reports", "feature_repo/data"):
@@ -40,6 +42,8 @@ def test_init_creates_the_layout_and_refuses_twice(tmp_path: Path) -> None:
     assert (root / "guardrails.yaml").read_bytes() == (REPO_ROOT / "serving" / "guardrails.yaml"
                                                        ).read_bytes()  # fmt: skip
     assert [t.name for t in load_triggers(root / "triggers.yaml")] == ["milestone", "disruption"]
+    rules = load_rule_policy(load_settings(home=root).rule_policy)
+    assert [r.name for r in rules.rules] == ["recent_milestone", "uncompensated_severe_disruption"]
     with pytest.raises(workspace.WorkspaceError, match="already an nba workspace"):
         workspace.init(root)
     # --force rewrites the template files but keeps what the workspace made.
@@ -104,6 +108,7 @@ def test_the_repository_is_a_workspace() -> None:
     settings = load_settings(home=REPO_ROOT)
     assert settings.guardrails == REPO_ROOT / "serving" / "guardrails.yaml"
     assert settings.triggers == REPO_ROOT / "serving" / "triggers.yaml"
+    assert settings.rule_policy == REPO_ROOT / "serving" / "rules.yaml"
     assert settings.feature_repo == REPO_ROOT / "feature_repo"
 
 

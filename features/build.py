@@ -32,6 +32,7 @@ import pandas as pd
 from features import schema
 from features.contract import RawData
 from features.timeline import KEY_LIMIT, MS_PER_DAY, NS_PER_MS, Clock, Timeline, take, to_ms
+from features.traveller import leg_trips, offer_history, return_trips, traveller_type
 
 _EMPTY_DTYPES = {
     "int": "int64",
@@ -134,7 +135,11 @@ def build_features(
     e_ms = to_ms(email["ts"])
     e_type = email["event_type"].to_numpy(object)
 
-    all_ms = [q_ms, f_ms, c_open_ms, c_close_ms[c_closed], b_ms, w_ms, e_ms]
+    actions = raw.actions
+    a_codes = _codes(actions["customer_id"], index, "actions")
+    a_ms = to_ms(actions["decided_at"])
+
+    all_ms = [q_ms, f_ms, c_open_ms, c_close_ms[c_closed], b_ms, w_ms, e_ms, a_ms]
     lo = min(int(a.min()) for a in all_ms if len(a)) - 366 * MS_PER_DAY
     hi = max(int(a.max()) for a in all_ms if len(a)) + 1
     span = hi - lo + 1
@@ -158,6 +163,56 @@ def build_features(
         out[f"bookings_{w}d"] = booked.count_in(q_codes, q_ms, w)
         out[f"revenue_{w}d"] = np.round(booked.sum_in(fare, q_codes, q_ms, w), 2)
     out["last_booking_at"] = _timestamps(booked.t_ms, booked.last_before(q_codes, q_ms))
+
+    # What kind of traveller (features.traveller): cabin, lead time, weekdays, trips, fare.
+    departs_ms = to_ms(bookings["departs_at"])
+    same_booking = leg_trips(
+        flights["booking_id"].to_numpy(object), f_codes, to_ms(flights["scheduled_at"]), f_ms
+    )
+    back = return_trips(
+        b_codes,
+        bookings["origin"].to_numpy(object),
+        bookings["destination"].to_numpy(object),
+        departs_ms,
+        b_ms,
+        schema.RETURN_WITHIN_DAYS,
+    )
+    trips = (
+        np.concatenate([same_booking[0], back[0]]),
+        np.concatenate([same_booking[1], back[1]]),
+        np.concatenate([same_booking[2], back[2]]),
+    )
+    out.update(
+        traveller_type(
+            clock,
+            {
+                "codes": b_codes,
+                "booked_ms": b_ms,
+                "departs_ms": departs_ms,
+                "cabin": bookings["cabin"].to_numpy(object),
+                "fare": fare,
+            },
+            trips,
+            q_codes,
+            q_ms,
+        )
+    )
+
+    # The customer's own offers and responses, each outcome once it was observed.
+    outcomes = raw.outcomes
+    out.update(
+        offer_history(
+            clock,
+            a_codes,
+            a_ms,
+            actions["action"].to_numpy(object),
+            pd.Index(outcomes["decision_id"]).get_indexer(actions["decision_id"]),
+            outcomes["converted"].to_numpy(bool),
+            outcomes["revenue"].to_numpy(np.float64),
+            q_codes,
+            q_ms,
+        )
+    )
 
     # Clickstream.
     for kind, plural in (("search", "searches"), ("abandon", "abandons")):

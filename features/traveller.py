@@ -162,7 +162,9 @@ def traveller_type(
             trip_line.sum_in(trips[2], q_codes, q_ms, None),
             trip_line.count_in(q_codes, q_ms, None).astype(np.float64),
         ),
-        "expected_fare": np.round(mean(bookings["fare"]), 2),
+        # Not rounded: a mean is no amount to the cent, and rounding a float sum can flip a
+        # cent when unrelated rows change the prefix sums' rounding error.
+        "expected_fare": mean(bookings["fare"]),
     }
 
 
@@ -204,5 +206,5 @@ def offer_history(
         out[f"conversions_after_{a}_{w}d"] = np.round(
             observed.sum_in(conv[seen], q_codes, q_ms, w)
         ).astype(np.int64)
-        out[f"revenue_after_{a}_{w}d"] = np.round(observed.sum_in(rev[seen], q_codes, q_ms, w), 2)
+        out[f"revenue_after_{a}_{w}d"] = observed.sum_in(rev[seen], q_codes, q_ms, w)
     return out

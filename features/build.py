@@ -25,16 +25,15 @@ When each record becomes known (the point-in-time rules):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from features import schema
 from features.contract import RawData
+from features.timeline import KEY_LIMIT, MS_PER_DAY, NS_PER_MS, Clock, Timeline, take, to_ms
+from features.traveller import leg_trips, offer_history, return_trips, traveller_type
 
-_MS_PER_DAY = 86_400_000
-_NS_PER_MS = 1_000_000
 _EMPTY_DTYPES = {
     "int": "int64",
     "float": "float64",
@@ -42,98 +41,13 @@ _EMPTY_DTYPES = {
     "timestamp": "datetime64[ns, UTC]",
     "string": "object",
 }
-# Headroom below 2**63 for the composite key and the look-back offsets.
-_KEY_LIMIT = 2**62
-
-
-def _ms(values: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
-    """Timestamps (tz-aware or datetime64) as int64 milliseconds since the epoch (NaT -> min)."""
-    arr = np.asarray(pd.DatetimeIndex(values).as_unit("ns").asi8, dtype=np.int64)
-    return arr // _NS_PER_MS
-
-
-@dataclass(frozen=True)
-class _Clock:
-    """Maps (customer code, time in ms) to one sortable int64 key."""
-
-    t0: int
-    span: int
-
-    def key(self, codes: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
-        # Clip so that look-back offsets before the first record stay inside the customer's block.
-        rel = np.clip(t_ms - self.t0, 0, self.span - 1)
-        return codes.astype(np.int64) * self.span + rel
-
-
-class _Timeline:
-    """One kind of event, sorted by (customer, time), answering as-of questions for queries."""
-
-    def __init__(self, clock: _Clock, codes: np.ndarray, t_ms: np.ndarray) -> None:
-        self.clock = clock
-        keys = clock.key(codes, t_ms)
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
-        self.t_ms = t_ms[self.order]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def sorted(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (aligned with the rows given to the constructor) in timeline order."""
-        return np.asarray(values)[self.order]
-
-    def position(self, q_codes: np.ndarray, q_ms: np.ndarray) -> np.ndarray:
-        """Index of the first event of the query's customer at or after its time."""
-        return np.searchsorted(self.keys, self.clock.key(q_codes, q_ms), side="left")
-
-    def block_start(self, q_codes: np.ndarray) -> np.ndarray:
-        """Index of the query customer's first event."""
-        return np.searchsorted(self.keys, q_codes.astype(np.int64) * self.clock.span, side="left")
-
-    def count_in(self, q_codes: np.ndarray, q_ms: np.ndarray, days: int | None) -> np.ndarray:
-        """Events in ``[t - days, t)`` (all events before t when ``days`` is None)."""
-        end = self.position(q_codes, q_ms)
-        start = (
-            self.block_start(q_codes)
-            if days is None
-            else self.position(q_codes, q_ms - days * _MS_PER_DAY)
-        )
-        return (end - start).astype(np.int64)
-
-    def sum_in(
-        self, values: np.ndarray, q_codes: np.ndarray, q_ms: np.ndarray, days: int | None
-    ) -> np.ndarray:
-        """Sum of ``values`` over events in ``[t - days, t)``."""
-        prefix = np.concatenate([[0.0], np.cumsum(self.sorted(values), dtype=np.float64)])
-        end = self.position(q_codes, q_ms)
-        start = (
-            self.block_start(q_codes)
-            if days is None
-            else self.position(q_codes, q_ms - days * _MS_PER_DAY)
-        )
-        return prefix[end] - prefix[start]
-
-    def last_before(self, q_codes: np.ndarray, q_ms: np.ndarray) -> np.ndarray:
-        """Timeline index of the customer's last event before t, or -1."""
-        pos = self.position(q_codes, q_ms)
-        found = pos > self.block_start(q_codes)
-        return np.where(found, pos - 1, -1)
-
-
-def _take(values: np.ndarray, idx: np.ndarray, fill: object) -> np.ndarray:
-    """``values[idx]`` with ``fill`` where idx is -1."""
-    dtype = object if values.dtype == object else np.result_type(values.dtype, np.asarray(fill))
-    out = np.full(len(idx), fill, dtype=dtype)
-    ok = idx >= 0
-    out[ok] = values[idx[ok]]
-    return out
 
 
 def _timestamps(t_ms: np.ndarray, idx: np.ndarray) -> pd.Series:
     """Event times picked by ``idx`` as tz-aware UTC timestamps (NaT where idx is -1)."""
     ns = np.full(len(idx), np.iinfo(np.int64).min, dtype=np.int64)
     ok = idx >= 0
-    ns[ok] = t_ms[idx[ok]] * _NS_PER_MS
+    ns[ok] = t_ms[idx[ok]] * NS_PER_MS
     return pd.Series(pd.to_datetime(ns, utc=True))
 
 
@@ -195,42 +109,46 @@ def build_features(
         )
     index = pd.Index(customers["customer_id"])
     q_codes = _codes(points[schema.ENTITY], index, "points")
-    q_ms = _ms(points[schema.EVENT_TIMESTAMP])
+    q_ms = to_ms(points[schema.EVENT_TIMESTAMP])
 
     flights = raw.flights
     f_codes = _codes(flights["customer_id"], index, "flights")
     f_delay = flights["delay_minutes"].to_numpy(np.int64)
     f_cancel = flights["cancelled"].to_numpy(bool)
     # A leg is "experienced" when it departs (late); a cancellation when it was due.
-    f_ms = _ms(flights["scheduled_at"]) + np.where(f_cancel, 0, f_delay) * 60_000
+    f_ms = to_ms(flights["scheduled_at"]) + np.where(f_cancel, 0, f_delay) * 60_000
 
     cases = raw.service_cases
     c_codes = _codes(cases["customer_id"], index, "service_cases")
-    c_open_ms = _ms(cases["opened_at"])
+    c_open_ms = to_ms(cases["opened_at"])
     c_closed = cases["closed_at"].notna().to_numpy()
-    c_close_ms = np.where(c_closed, _ms(cases["closed_at"].fillna(cases["opened_at"])), 0)
+    c_close_ms = np.where(c_closed, to_ms(cases["closed_at"].fillna(cases["opened_at"])), 0)
 
     bookings, web, email = raw.bookings, raw.web_events, raw.email_events
     b_codes = _codes(bookings["customer_id"], index, "bookings")
-    b_ms = _ms(bookings["booked_at"])
+    b_ms = to_ms(bookings["booked_at"])
     known_web = web["customer_id"].notna().to_numpy()
     w_codes = _codes(web["customer_id"][known_web], index, "web_events")
-    w_ms = _ms(web["ts"][known_web])
+    w_ms = to_ms(web["ts"][known_web])
     w_type = web["event_type"].to_numpy(object)[known_web]
     e_codes = _codes(email["customer_id"], index, "email_events")
-    e_ms = _ms(email["ts"])
+    e_ms = to_ms(email["ts"])
     e_type = email["event_type"].to_numpy(object)
 
-    all_ms = [q_ms, f_ms, c_open_ms, c_close_ms[c_closed], b_ms, w_ms, e_ms]
-    lo = min(int(a.min()) for a in all_ms if len(a)) - 366 * _MS_PER_DAY
+    actions = raw.actions
+    a_codes = _codes(actions["customer_id"], index, "actions")
+    a_ms = to_ms(actions["decided_at"])
+
+    all_ms = [q_ms, f_ms, c_open_ms, c_close_ms[c_closed], b_ms, w_ms, e_ms, a_ms]
+    lo = min(int(a.min()) for a in all_ms if len(a)) - 366 * MS_PER_DAY
     hi = max(int(a.max()) for a in all_ms if len(a)) + 1
     span = hi - lo + 1
-    if span * max(len(index), 1) >= _KEY_LIMIT:
+    if span * max(len(index), 1) >= KEY_LIMIT:
         raise ValueError(
-            f"{len(index)} customers over {span / _MS_PER_DAY:.0f} days exceed the key range; "
+            f"{len(index)} customers over {span / MS_PER_DAY:.0f} days exceed the key range; "
             "build features in customer batches"
         )
-    clock = _Clock(t0=lo, span=span)
+    clock = Clock(t0=lo, span=span)
     out: dict[str, object] = {
         schema.ENTITY: points[schema.ENTITY].to_numpy(object),
         schema.EVENT_TIMESTAMP: pd.Series(pd.DatetimeIndex(points[schema.EVENT_TIMESTAMP])),
@@ -240,23 +158,73 @@ def build_features(
     fare = bookings["fare"].to_numpy(np.float64) * _fx(
         bookings["currency"], base_currency, fx_rates
     )
-    booked = _Timeline(clock, b_codes, b_ms)
+    booked = Timeline(clock, b_codes, b_ms)
     for w in schema.BOOKING_WINDOWS:
         out[f"bookings_{w}d"] = booked.count_in(q_codes, q_ms, w)
         out[f"revenue_{w}d"] = np.round(booked.sum_in(fare, q_codes, q_ms, w), 2)
     out["last_booking_at"] = _timestamps(booked.t_ms, booked.last_before(q_codes, q_ms))
 
+    # What kind of traveller (features.traveller): cabin, lead time, weekdays, trips, fare.
+    departs_ms = to_ms(bookings["departs_at"])
+    same_booking = leg_trips(
+        flights["booking_id"].to_numpy(object), f_codes, to_ms(flights["scheduled_at"]), f_ms
+    )
+    back = return_trips(
+        b_codes,
+        bookings["origin"].to_numpy(object),
+        bookings["destination"].to_numpy(object),
+        departs_ms,
+        b_ms,
+        schema.RETURN_WITHIN_DAYS,
+    )
+    trips = (
+        np.concatenate([same_booking[0], back[0]]),
+        np.concatenate([same_booking[1], back[1]]),
+        np.concatenate([same_booking[2], back[2]]),
+    )
+    out.update(
+        traveller_type(
+            clock,
+            {
+                "codes": b_codes,
+                "booked_ms": b_ms,
+                "departs_ms": departs_ms,
+                "cabin": bookings["cabin"].to_numpy(object),
+                "fare": fare,
+            },
+            trips,
+            q_codes,
+            q_ms,
+        )
+    )
+
+    # The customer's own offers and responses, each outcome once it was observed.
+    outcomes = raw.outcomes
+    out.update(
+        offer_history(
+            clock,
+            a_codes,
+            a_ms,
+            actions["action"].to_numpy(object),
+            pd.Index(outcomes["decision_id"]).get_indexer(actions["decision_id"]),
+            outcomes["converted"].to_numpy(bool),
+            outcomes["revenue"].to_numpy(np.float64),
+            q_codes,
+            q_ms,
+        )
+    )
+
     # Clickstream.
     for kind, plural in (("search", "searches"), ("abandon", "abandons")):
         sel = w_type == kind
-        line = _Timeline(clock, w_codes[sel], w_ms[sel])
+        line = Timeline(clock, w_codes[sel], w_ms[sel])
         for w in schema.WEB_WINDOWS:
             out[f"{plural}_{w}d"] = line.count_in(q_codes, q_ms, w)
 
     # Email engagement over the window; rates are NaN without sends.
     ew = schema.EMAIL_WINDOW
     counts = {
-        kind: _Timeline(clock, e_codes[e_type == kind], e_ms[e_type == kind]).count_in(
+        kind: Timeline(clock, e_codes[e_type == kind], e_ms[e_type == kind]).count_in(
             q_codes, q_ms, ew
         )
         for kind in ("sent", "open", "click")
@@ -273,14 +241,14 @@ def build_features(
         )
     unsub = e_type == "unsubscribe"
     out["unsubscribed"] = (
-        _Timeline(clock, e_codes[unsub], e_ms[unsub]).count_in(q_codes, q_ms, None) > 0
+        Timeline(clock, e_codes[unsub], e_ms[unsub]).count_in(q_codes, q_ms, None) > 0
     )
 
     # Loyalty miles and milestones.
     prior = customers["prior_miles"].to_numpy(np.int64)
     miles = flights["miles_earned"].to_numpy(np.int64)
     earned = miles > 0
-    flown = _Timeline(clock, f_codes[earned], f_ms[earned])
+    flown = Timeline(clock, f_codes[earned], f_ms[earned])
     flown_miles = flown.sorted(miles[earned])
     lifetime = prior[q_codes] + flown.sum_in(miles[earned], q_codes, q_ms, None).astype(np.int64)
     out["lifetime_miles"] = lifetime
@@ -294,26 +262,26 @@ def build_features(
     after = prior[fl_codes] + cum - block_offset
     before = after - flown_miles
     crossed = after >= next_milestone(before)
-    crossings = _Timeline(clock, fl_codes[crossed], flown.t_ms[crossed])
+    crossings = Timeline(clock, fl_codes[crossed], flown.t_ms[crossed])
     last_cross = crossings.last_before(q_codes, q_ms)
     out["last_milestone_at"] = _timestamps(crossings.t_ms, last_cross)
-    out["last_milestone_miles"] = _take(
+    out["last_milestone_miles"] = take(
         crossings.sorted(milestone_reached(after[crossed])), last_cross, 0
     ).astype(np.int64)
 
     # Service cases: open count, the oldest open case, last sentiment.
-    opened = _Timeline(clock, c_codes, c_open_ms)
-    closed = _Timeline(clock, c_codes[c_closed], c_close_ms[c_closed])
+    opened = Timeline(clock, c_codes, c_open_ms)
+    closed = Timeline(clock, c_codes[c_closed], c_close_ms[c_closed])
     out["open_case_count"] = opened.count_in(q_codes, q_ms, None) - closed.count_in(
         q_codes, q_ms, None
     )
     oldest = _oldest_open(opened, c_closed, c_close_ms, q_codes, q_ms)
     out["oldest_open_case_at"] = _timestamps(opened.t_ms, oldest)
-    out["oldest_open_case_id"] = _take(
+    out["oldest_open_case_id"] = take(
         opened.sorted(cases["case_id"].to_numpy(object)), oldest, None
     )
     last_case = opened.last_before(q_codes, q_ms)
-    out["last_case_sentiment"] = _take(
+    out["last_case_sentiment"] = take(
         opened.sorted(cases["sentiment"].to_numpy(np.float64)), last_case, np.nan
     ).astype(np.float64)
 
@@ -333,14 +301,14 @@ def build_features(
     n_delay = np.concatenate(
         [f_delay[severe], np.zeros(int(f_cancel.sum() + complaint.sum()), np.int64)]
     )
-    negatives = _Timeline(clock, n_codes, n_ms)
+    negatives = Timeline(clock, n_codes, n_ms)
     last_neg = negatives.last_before(q_codes, q_ms)
     out["last_negative_at"] = _timestamps(negatives.t_ms, last_neg)
-    out["last_negative_kind"] = _take(negatives.sorted(n_kind), last_neg, None)
-    out["last_negative_delay_minutes"] = _take(negatives.sorted(n_delay), last_neg, 0).astype(
+    out["last_negative_kind"] = take(negatives.sorted(n_kind), last_neg, None)
+    out["last_negative_delay_minutes"] = take(negatives.sorted(n_delay), last_neg, 0).astype(
         np.int64
     )
-    legs = _Timeline(clock, f_codes, f_ms)
+    legs = Timeline(clock, f_codes, f_ms)
     out[f"worst_delay_{schema.DELAY_WINDOW}d"] = _window_max(
         legs, np.where(f_cancel, 0, f_delay), q_codes, q_ms, schema.DELAY_WINDOW
     )
@@ -348,7 +316,7 @@ def build_features(
     # Compensation: when the case closed, or when it was opened for a case still open.
     comp = cases["compensated"].to_numpy(bool)
     comp_ms = np.where(c_closed, c_close_ms, c_open_ms)
-    compensations = _Timeline(clock, c_codes[comp], comp_ms[comp])
+    compensations = Timeline(clock, c_codes[comp], comp_ms[comp])
     out["last_compensated_at"] = _timestamps(
         compensations.t_ms, compensations.last_before(q_codes, q_ms)
     )
@@ -363,7 +331,7 @@ def build_features(
 
 
 def _oldest_open(
-    opened: _Timeline,
+    opened: Timeline,
     c_closed: np.ndarray,
     c_close_ms: np.ndarray,
     q_codes: np.ndarray,
@@ -389,11 +357,11 @@ def _oldest_open(
 
 
 def _window_max(
-    line: _Timeline, values: np.ndarray, q_codes: np.ndarray, q_ms: np.ndarray, days: int
+    line: Timeline, values: np.ndarray, q_codes: np.ndarray, q_ms: np.ndarray, days: int
 ) -> np.ndarray:
     """Max of ``values`` over the customer's events in ``[t - days, t)`` (0 when none)."""
     vals = line.sorted(values)
-    start = line.position(q_codes, q_ms - days * _MS_PER_DAY)
+    start = line.position(q_codes, q_ms - days * MS_PER_DAY)
     end = line.position(q_codes, q_ms)
     best = np.zeros(len(q_codes), dtype=np.int64)
     cur = start.copy()
@@ -492,13 +460,13 @@ def count_in_window(
     keys = pd.Index(pd.unique(pd.concat([pd.Series(event_ids), pd.Series(query_ids)])))
     e_codes = keys.get_indexer(event_ids).astype(np.int64)
     q_codes = keys.get_indexer(query_ids).astype(np.int64)
-    e_ms, q_ms = _ms(event_times), _ms(query_times)
+    e_ms, q_ms = to_ms(event_times), to_ms(query_times)
     if len(q_ms) == 0:
         return np.zeros(0, dtype=np.int64)
     lo = min(int(q_ms.min()), int(e_ms.min()) if len(e_ms) else int(q_ms.min()))
-    lo -= (days + 1) * _MS_PER_DAY
+    lo -= (days + 1) * MS_PER_DAY
     hi = max(int(q_ms.max()), int(e_ms.max()) if len(e_ms) else int(q_ms.max())) + 1
-    clock = _Clock(t0=lo, span=hi - lo + 1)
-    if clock.span * max(len(keys), 1) >= _KEY_LIMIT:
+    clock = Clock(t0=lo, span=hi - lo + 1)
+    if clock.span * max(len(keys), 1) >= KEY_LIMIT:
         raise ValueError("too many ids over too long a period for one window count")
-    return _Timeline(clock, e_codes, e_ms).count_in(q_codes, q_ms, days)
+    return Timeline(clock, e_codes, e_ms).count_in(q_codes, q_ms, days)

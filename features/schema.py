@@ -43,6 +43,55 @@ MILESTONE_STEP: Final = 1_000_000
 #: Service-case topics that count as a complaint (a negative experience) whatever the sentiment;
 #: a case on another topic counts when its sentiment is below zero.
 COMPLAINT_TOPICS: Final = frozenset({"delay", "cancellation", "baggage", "refund", "service"})
+#: A booking departing at most this many days after it was made, on a weekday, fits the
+#: business pattern (``business_trip_share``).
+BUSINESS_LEAD_DAYS: Final = 7
+#: A booking back from the destination to the origin departing within this many days after an
+#: outbound is its return (``typical_trip_days``).
+RETURN_WITHIN_DAYS: Final = 30
+#: Two legs of one booking scheduled less than this many hours apart are a connection, not a trip.
+CONNECTION_HOURS: Final = 12
+#: Window (days) of the customer's own offer and response history.
+HISTORY_WINDOW: Final = 365
+#: An outcome is observed this many days after its decision (the raw contract's horizon): only
+#: then may a feature count it.
+OUTCOME_DAYS: Final = 30
+#: The actions of the offer history (``features.contract.ACTIONS``; ``none`` is the baseline).
+HISTORY_ACTIONS: Final = ("promo", "apology_credit", "recognition", "none")
+
+#: What kind of traveller: every booking before t (``features.traveller``). NaN without one.
+TRAVELLER: Final[dict[str, FeatureType]] = {
+    # Share of bookings in premium economy, business or first.
+    "premium_cabin_share": "float",
+    # Geometric mean of (1 + days from booking to departure), minus 1.
+    "typical_lead_days": "float",
+    # Share of bookings departing on a Saturday or Sunday (UTC).
+    "weekend_departure_share": "float",
+    # Share of bookings departing Monday-Friday within BUSINESS_LEAD_DAYS of booking.
+    "business_trip_share": "float",
+    # Mean days between a trip's outbound and return departures (NaN: no trip inferred).
+    "typical_trip_days": "float",
+    # Mean fare of the bookings, in the base currency: what a conversion is worth.
+    "expected_fare": "float",
+}
+
+
+def _history_columns(action: str) -> dict[str, FeatureType]:
+    """The offer-history columns of one action."""
+    w = HISTORY_WINDOW
+    return {
+        f"decisions_{action}_{w}d": "int",
+        f"conversions_after_{action}_{w}d": "int",
+        f"revenue_after_{action}_{w}d": "float",
+    }
+
+
+#: The customer's own offers and responses per action (``features.traveller.offer_history``):
+#: decisions in the window, and conversions and revenue of those whose outcome was observed in
+#: it (OUTCOME_DAYS after the decision).
+OFFER_HISTORY: Final[dict[str, FeatureType]] = {
+    name: kind for a in HISTORY_ACTIONS for name, kind in _history_columns(a).items()
+}
 
 PROFILE: Final[dict[str, FeatureType]] = {
     **{f"bookings_{w}d": "int" for w in BOOKING_WINDOWS},
@@ -53,6 +102,8 @@ PROFILE: Final[dict[str, FeatureType]] = {
     f"email_open_rate_{EMAIL_WINDOW}d": "float",
     f"email_click_rate_{EMAIL_WINDOW}d": "float",
     "created_at": "timestamp",
+    **TRAVELLER,
+    **OFFER_HISTORY,
 }
 
 REALTIME: Final[dict[str, FeatureType]] = {

@@ -114,16 +114,17 @@ def test_no_drift_and_stable_mix_exit_zero() -> None:
 def test_drifted_feature_share_at_threshold_alerts_and_sorts_drifted_first() -> None:
     ref = reference_frame()
     cur = window_frame(values=ref[VALUES].to_numpy()[:300])
-    drifted = FEATURE_COLUMNS[:9]  # 9 of 30 = 30%: at the threshold
+    drifted = FEATURE_COLUMNS[:9]  # 9 of them: the share is exactly at the threshold
     fixed = {c: 0.2 + i / 100 for i, c in enumerate(drifted)} | {FEATURE_COLUMNS[9]: 0.099}
-    result = run_drift(ref, cur, StubEngine(fixed), DriftConfig(feature_share=0.3))
+    at_threshold = DriftConfig(feature_share=9 / len(FEATURE_COLUMNS))
+    result = run_drift(ref, cur, StubEngine(fixed), at_threshold)
     assert result.exit_code == EXIT_DRIFT
     columns = result.summary["features"]["columns"]
     assert [c["column"] for c in columns[:9]] == list(reversed(drifted))  # highest score first
     assert not columns[9]["drifted"] and columns[9]["column"] == FEATURE_COLUMNS[9]
     # One fewer drifted feature stays under the threshold.
     fixed.pop(drifted[0])
-    assert run_drift(ref, cur, StubEngine(fixed), DriftConfig()).exit_code == EXIT_OK
+    assert run_drift(ref, cur, StubEngine(fixed), at_threshold).exit_code == EXIT_OK
 
 
 def test_preferred_action_shift_past_threshold_alerts() -> None:
@@ -170,14 +171,15 @@ def test_a_window_below_the_minimum_sample_never_alerts_and_says_so() -> None:
     ref = reference_frame()
     values = np.zeros((3, 4))
     values[:, 0] = 5.0  # three decisions, all promo: a 75-point shift of the mix
-    fixed = {c: 1.0 for c in FEATURE_COLUMNS[:29]}  # 29 of 30 features "drifted"
+    n = len(FEATURE_COLUMNS)
+    fixed = {c: 1.0 for c in FEATURE_COLUMNS[: n - 1]}  # all features but one "drifted"
     result = run_drift(ref, window_frame(3, values=values), StubEngine(fixed), DriftConfig())
     summary = result.summary
     assert result.exit_code == EXIT_TOO_FEW and summary["status"] == "too_few_decisions"
     assert summary["alerts"] == []
     assert "3 decisions in the window, at least 200 needed" in summary["sample_warning"]
     assert "NBA_DRIFT_MIN_ROWS" in summary["sample_warning"]
-    assert any(a.startswith("29 of 30 features") for a in summary["suppressed_alerts"])
+    assert any(a.startswith(f"{n - 1} of {n} features") for a in summary["suppressed_alerts"])
     assert any(a.startswith("promo share moved") for a in summary["suppressed_alerts"])
     assert summary["thresholds"]["min_rows"] == 200
     assert metrics_of(summary)["alert"] == 0.0 and metrics_of(summary)["too_few_decisions"] == 1.0
@@ -230,7 +232,8 @@ def test_the_command_prints_the_sample_warning(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert out.startswith("NOT JUDGED: 3 decisions")
     assert "warning: too few decisions to judge drift: 3 decisions" in out
-    assert "would have alerted: 30 of 30 features drifted" in out
+    n = len(FEATURE_COLUMNS)
+    assert f"would have alerted: {n} of {n} features drifted" in out
 
 
 def test_large_sides_are_sampled_for_the_engine_only() -> None:

@@ -120,10 +120,3 @@ class HybridPolicy:
         tree = PolicyTree(max_depth, min_leaf, confidence_z=confidence_z,
                           random_state=random_state).fit(X, relative)  # fmt: skip
         return cls(policy, verdicts, tree)
-
-    def choose(self, X: np.ndarray, features: pd.DataFrame) -> np.ndarray:
-        """Action per row: the tree's where it acts, else the judged rules'."""
-        prior = judged_choice(self.policy, self.verdicts, features)
-        codes = self.tree.predict_codes(X)
-        learned = np.array(ACTIONS, dtype=object)[codes]
-        return np.where(codes == NONE_CODE, prior, learned).astype(object)

@@ -16,6 +16,7 @@ from features.rule_policy import (
     parse_rule_policy,
 )
 from training.priors import AS_WRITTEN, CONFIRMED, DROPPED, HybridPolicy, judge_rules
+from training.served import HybridAdvisor, advised_choice
 
 SHIPPED = load_rule_policy()
 WHEN = {"missing": "open_case_count"}
@@ -119,16 +120,24 @@ def test_rules_are_judged_by_their_pooled_dr_gain(gain: float, verdict: str) -> 
     assert verdicts["uncompensated_severe_disruption"].verdict == AS_WRITTEN
 
 
+def _hybrid_choice(hybrid: HybridPolicy, X: np.ndarray, features: pd.DataFrame) -> np.ndarray:
+    """The hybrid's actions as the service takes them (every action eligible)."""
+    advice = HybridAdvisor(hybrid).advise(X, features, None)
+    eligible = np.ones((len(X), len(ACTIONS)), dtype=bool)
+    return np.array(ACTIONS, dtype=object)[advised_choice(advice, eligible)]
+
+
 def test_hybrid_drops_a_harmful_rule_and_keeps_a_good_one() -> None:
     features, scores, customers = _logged(6_000, 2)
     in_segment = features["days_since_last_milestone"].notna().to_numpy()
     X = in_segment[:, None].astype(np.float64)
     harmful = scores.copy()
     harmful[in_segment, ACTIONS.index("recognition")] -= 4.0
-    chosen = HybridPolicy.fit(SHIPPED, X, features, harmful, customers).choose(X, features)
+    chosen = _hybrid_choice(HybridPolicy.fit(SHIPPED, X, features, harmful, customers), X,
+                            features)  # fmt: skip
     assert (chosen[in_segment] == "none").all()
     good = scores.copy()
     good[in_segment, ACTIONS.index("recognition")] += 4.0
-    chosen = HybridPolicy.fit(SHIPPED, X, features, good, customers).choose(X, features)
+    chosen = _hybrid_choice(HybridPolicy.fit(SHIPPED, X, features, good, customers), X, features)
     assert (chosen[in_segment] == "recognition").all()
     assert (chosen[~in_segment] == "none").all()  # noise elsewhere: no confident override

@@ -60,6 +60,12 @@ class RulePolicy:
     rules: tuple[SegmentRule, ...]
     default: str
     source: str
+    #: The parsed file, kept so that a pickled policy (inside a registered model) is rebuilt by
+    #: compiling it again: compiled conditions are closures, which pickle cannot store.
+    spec: Any = None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
+        return parse_rule_policy, (self.spec, self.source)
 
     def segments(self, features: pd.DataFrame) -> np.ndarray:
         """Index of the first matching rule per row, -1 where none matches."""
@@ -131,7 +137,7 @@ def parse_rule_policy(data: Any, source: str = "<rule policy>") -> RulePolicy:
         except _ConditionError as exc:
             raise RulePolicyError(f"{where}: {exc}") from None
         rules.append(SegmentRule(name, str(action), condition))
-    return RulePolicy(tuple(rules), str(default), source)
+    return RulePolicy(tuple(rules), str(default), source, data)
 
 
 def load_rule_policy(path: str | Path = DEFAULT_RULE_POLICY_PATH) -> RulePolicy:

@@ -69,3 +69,22 @@ def many(
 def finite_or_none(value: float) -> float | None:
     """A JSON-friendly number: None for NaN and infinities."""
     return value if math.isfinite(value) else None
+
+
+def reasons(advice: Advice | None, row: int = 0) -> list[str]:
+    """Plain-language lines for ``explain``: the rule the policy follows, and the actions it
+    will not take for want of confidence."""
+    if advice is None:
+        return []
+    out = []
+    rule = advice.rule[row] if advice.rule is not None else None
+    if rule is not None:
+        column = int(advice.preferred[row])
+        action = ACTIONS[column] if column >= 0 else "none"
+        out.append(f"rule policy: {rule} gives {action}")
+    for j, action in enumerate(ACTIONS):
+        lower, value = float(advice.lower[row, j]), float(advice.values[row, j])
+        if not advice.allowed[row, j] and advice.rule is None and math.isfinite(lower):
+            out.append(f"{action}: worth {value:+.2f} but its 95% lower bound is {lower:+.2f}: "
+                       "not confident")  # fmt: skip
+    return out

@@ -22,6 +22,7 @@ from features.contract import ACTIONS
 from memory.store import micros as _micros
 from serving.advice import advises
 from serving.advice import many as advice_many
+from serving.advice import reasons as advice_reasons
 from serving.decision import NEW_VISITOR, Request, _brief, apology_key
 from serving.history import COUNTS, Contact, ContactHistory, contact_counts
 from serving.holdout import HOLDOUT_REASON, HOLDOUT_RULE, policy_label
@@ -332,6 +333,7 @@ class Batch:
                    if self.blocked_by[i][c]}  # fmt: skip
         found = bool(self.columns.present["marketing_opt_in"][i])
         out = self.decider._reasons(request, self.row(i), found, decision, blocked)
+        out += advice_reasons(self.advice, i)
         if self.member[i]:
             out.append(HOLDOUT_REASON)
         return out

@@ -53,6 +53,7 @@ from features.derive import derive_columns, derive_row
 from serving import explain, guardrails
 from serving.advice import advises
 from serving.advice import one as advice_one
+from serving.advice import reasons as advice_reasons
 from serving.advice import values_of as advice_values
 from serving.batch import Batch
 from serving.decision import (
@@ -472,6 +473,7 @@ class Decider:
         reasons: list[str] = []
         if request.explain:
             reasons = self._reasons(request, row, found, decision, blocked)
+            reasons += advice_reasons(advice)
             if member:
                 reasons.append(HOLDOUT_REASON)
         row.update(read_as)

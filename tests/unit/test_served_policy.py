@@ -94,6 +94,46 @@ def test_offline_scoring_chooses_as_the_service_does() -> None:
         assert offline["action"].tolist() == online
 
 
+def test_explain_names_the_rule_and_the_unsure_actions() -> None:
+    model = served(RulePolicyAsWritten(RULES))
+    decider = make({"M": milestone_customer()}, model=model)
+    said = decider.decide(Request("M", explain=True))["reasons"]
+    assert "rule policy: recent_milestone gives recognition" in said
+    batch = make({"M": milestone_customer()}, model=model).decide_batch(
+        [Request("M", explain=True)])[0]["reasons"]  # fmt: skip
+    assert "rule policy: recent_milestone gives recognition" in batch
+    filt = ConfidenceFilter()
+    filt.edges_["promo"], filt.lower_["promo"] = np.array([]), np.array([-1.5])
+    unsure = served(ConfidentValuePolicy(None, filt, COSTS))
+    said = make({"Q": quiet_customer()}, model=unsure).decide(Request("Q", explain=True))
+    assert any(r.startswith("promo: worth +") and "lower bound is -1.50: not confident" in r
+               for r in said["reasons"])  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["rules", "tree", "rules + s-learner"])
+def test_a_batch_answers_as_single_decisions_do(kind: str) -> None:
+    rng = np.random.default_rng(4)
+    rows = {}
+    for i in range(40):
+        row = quiet_customer(searches_7d=int(rng.integers(0, 6)),
+                             marketing_opt_in=bool(rng.random() < 0.8))  # fmt: skip
+        days_ago = [pd.Timestamp(NOW - timedelta(days=int(d))) for d in rng.integers(0, 40, 2)]
+        if rng.random() < 0.3:
+            row.update(last_milestone_at=days_ago[0])
+        if rng.random() < 0.3:
+            row.update(last_negative_at=days_ago[1], last_negative_kind="cancellation")
+        rows[f"C{i}"] = row
+    verdicts = [RuleVerdict(r.name, r.action, 100, 1.0, 0.5, 1.5, "confirmed") for r in RULES.rules]
+    policy = {"rules": RulePolicyAsWritten(RULES), "tree": TreePolicy(_tree()),
+              "rules + s-learner": RulesThenModel(RULES, verdicts, None, COSTS)}[kind]  # fmt: skip
+    model = served(policy)
+    single = [make(rows, model=model).decide(Request(c)) for c in rows]
+    batch = make(rows, model=model).decide_batch([Request(c) for c in rows])
+    assert [o["action"] for o in single] == [o["action"] for o in batch]
+    assert [o["ranking"] for o in single] == [o["ranking"] for o in batch]
+    assert len({o["action"] for o in single}) > 1  # the customers differ in what they get
+
+
 def test_a_guardrail_still_binds_a_rule_policy() -> None:
     row = milestone_customer()
     # A cancellation two days ago, not made good: no recognition now (a guardrail).
@@ -166,6 +206,15 @@ def test_the_served_policy_pickles_and_keeps_the_uplift_models_interface() -> No
                                                                    "recognition")  # fmt: skip
     assert again.advises and "searches_7d" in " ".join(again.describe())
     assert not ServedPolicy("s", StubModel({}), ValuePolicy(StubModel({})), COSTS).advises
+    # A rule policy's compiled conditions are closures: it pickles as its file and recompiles.
+    ruled = ServedPolicy("rules", StubModel({}), RulePolicyAsWritten(RULES), COSTS)
+    again = pickle.loads(pickle.dumps(ruled))
+    row = milestone_customer() | {"days_since_last_milestone": 3.0}
+    assert (
+        again.policy.policy.choose_one(row)
+        == RULES.choose_one(row)
+        == ("recognition", "recent_milestone")
+    )
 
 
 @settings(max_examples=200, deadline=None)

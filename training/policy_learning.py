@@ -12,8 +12,10 @@ experiments, e.g. the Hillstrom e-mail arms: ``training.hillstrom_policy``):
   model on converted rows (fare given conversion, pooled over actions), one unsubscribe model;
   ``value(x, a) = p_convert(x, a) * fare(x, a) - cost(a) - p_unsubscribe(x, a) * unsubscribe``.
 * ``aipw_scores``: for every row and action, ``Γ[i, a] = q(x_i, a) + 1[A_i = a] (Y_i -
-  q(x_i, a)) / π_i``, with ``q`` cross-fitted (``cross_fitted_values``). ``mean(Γ[i, π(x_i)])``
-  is the doubly-robust value of any policy π, unbiased if the logged propensities are right.
+  q(x_i, a)) / π_i``. ``mean(Γ[i, π(x_i)])`` is the doubly-robust value of any policy π,
+  unbiased if the logged propensities are right. ``structural_scores`` applies it to the
+  conversion and the unsubscribe (``q`` cross-fitted by ``cross_fitted_parts``) and takes
+  revenue as the corrected conversion times the fare model's fare: conversion first.
 * ``PolicyTree``: a depth-limited tree whose leaves each take the action of highest summed
   score, grown greedily on binned features. It stands in for grf's ``policytree`` /
   econml's ``DRPolicyTree`` (neither is installed, and a tree over a few features is also a
@@ -162,31 +164,6 @@ def folds_by_customer(customer_id: Sequence[str] | np.ndarray, k: int, seed: int
     codes, _ = pd.factorize(pd.Series(np.asarray(customer_id, dtype=object)))
     perm = np.random.default_rng(seed).permutation(codes.max() + 1)
     return np.asarray(perm[codes] % k, dtype=np.int64)
-
-
-def cross_fitted_values(
-    X: np.ndarray,
-    outcomes: dict[str, np.ndarray],
-    action: np.ndarray,
-    propensity: np.ndarray,
-    folds: np.ndarray,
-    costs: ActionCosts,
-    random_state: int = 0,
-) -> np.ndarray:
-    """``(n, 4)`` reward model predictions, each row's from a model not fitted on its fold."""
-    q = np.empty((len(X), len(ACTIONS)))
-    for k in np.unique(folds):
-        out = folds == k
-        model = ConversionFareModel(costs, random_state).fit(
-            X[~out],
-            action[~out],
-            propensity[~out],
-            outcomes["converted"][~out],
-            outcomes["revenue"][~out],
-            outcomes["unsubscribed"][~out],
-        )
-        q[out] = model.predict(X[out])
-    return q
 
 
 def cross_fitted_parts(

@@ -161,6 +161,10 @@ def loop(
         "NBA_EXPLORE_EPSILON": "0",
         # Free promos: the frequency cap in Redis then has promos to count in a small world.
         "NBA_COST_PROMO_FARE_SHARE": "0",
+        # The uplift model as the champion (no policy selection): the promo caps through
+        # Redis are what these tests exercise, and a rule-based champion gives no promos.
+        "NBA_TRAIN_CANDIDATES": '["s-learner"]',
+        "NBA_GATE_BASELINES": "false",
     }
     raw = str(root / "raw")
     server = None

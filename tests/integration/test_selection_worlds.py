@@ -1,7 +1,7 @@
 """Model selection from logged data alone, end to end on simulated worlds: in a world where no
 action has an effect nothing learned is selected; in the default world the selected policy is
-truly no worse than the better of doing nothing and the rules, and truly better than the rules
-when it is a learned one (checked against the simulator's truth, which selection never sees).
+truly no worse than the better of doing nothing and the rule policy file, and truly better than
+the rules when it is a learned one (checked against the simulator's truth, which selection never sees).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from features.contract import ACTIONS
 from features.rule_policy import load_rule_policy
 from nba.simulate import SimulationConfig, simulate
 from training import metrics
-from training.baselines import rules_v1
 from training.dataset import TrainingSet, assemble, entity_frame
-from training.policy_learning import feasible
 from training.selection import BASELINES, default_learners, select
+from training.served import RulePolicyAsWritten, choose_names
 from training.value import ActionCosts, true_value
 
 END = pd.Timestamp("2026-11-01T00:00:00Z")
@@ -38,7 +37,7 @@ def test_nothing_learned_is_selected_where_nothing_works() -> None:
     data = _data("no_effect", 2_500)
     selection = select(data, default_learners(COSTS, 0, load_rule_policy()), COSTS)
     assert selection.selected in BASELINES
-    assert "stays: no learned policy beats none and rules beyond noise" in selection.reason
+    assert "stays: no learned policy beats none and the rules beyond noise" in selection.reason
 
 
 @pytest.mark.parametrize("world", ["default", "rare_segments"])
@@ -55,9 +54,10 @@ def test_the_selected_policy_is_never_truly_worse_than_the_baselines(world: str)
         inside = np.flatnonzero(selection.folds != fold)
         policy = learners[selection.selected](data.take(inside), selection.scores[inside])
         held = data.take(out)
-        chosen[out] = feasible(policy(held.X, held.features), held.features)
+        chosen[out] = choose_names(policy, held.X, held.features)
     selected = metrics.true_policy_value(chosen, truth, ACTIONS)
-    rules = metrics.true_policy_value(rules_v1(data.features), truth, ACTIONS)
+    rule_file = choose_names(RulePolicyAsWritten(load_rule_policy()), data.X, data.features)
+    rules = metrics.true_policy_value(rule_file, truth, ACTIONS)
     none = metrics.true_policy_value(np.full(len(data), "none", dtype=object), truth, ACTIONS)
     if selection.selected in BASELINES:
         # Falling back is allowed (thin evidence), falling back to the worse baseline is not

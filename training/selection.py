@@ -61,6 +61,7 @@ from training.served import (
 )
 from training.uplift import MultiActionUplift
 from training.value import ActionCosts
+from training.windows import tune_windows
 
 #: A learner: from training rows and their AIPW scores to a fitted policy.
 Learner = Callable[[TrainingSet, np.ndarray], FittedPolicy]
@@ -158,16 +159,18 @@ def hybrid(policy: RulePolicy, seed: int = 0) -> Learner:
     """The rule file judged by the data, with confident learned overrides (``training.priors``)."""
 
     def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
+        customers = train.decisions["customer_id"].to_numpy(object)
+        tuned, changes = tune_windows(policy, train.features, scores, customers)
         fitted = HybridPolicy.fit(
-            policy,
+            tuned,
             train.X.to_numpy(np.float64),
             train.features,
             scores,
-            train.decisions["customer_id"].to_numpy(object),
+            customers,
             min_leaf=max(50, round(0.005 * len(train))),
             random_state=seed,
         )
-        return HybridAdvisor(fitted)
+        return HybridAdvisor(fitted, windows=changes)
 
     return learn
 
@@ -183,8 +186,9 @@ def rules_then_model(policy: RulePolicy, costs: ActionCosts, seed: int = 0,
 
     def learn(train: TrainingSet, scores: np.ndarray) -> FittedPolicy:
         customers = train.decisions["customer_id"].to_numpy(object)
-        verdicts = judge_rules(policy, train.features, scores, customers)
-        return RulesThenModel(policy, verdicts, _fit_s(train, settings), costs)
+        tuned, changes = tune_windows(policy, train.features, scores, customers)
+        verdicts = judge_rules(tuned, train.features, scores, customers)
+        return RulesThenModel(tuned, verdicts, _fit_s(train, settings), costs, changes)
 
     return learn
 

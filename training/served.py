@@ -39,6 +39,7 @@ from training.confidence import ConfidenceFilter
 from training.policy_learning import NONE_CODE, ConversionFareModel, PolicyTree, promo_allowed
 from training.priors import HybridPolicy, RuleVerdict
 from training.value import ActionCosts, expected_value
+from training.windows import WindowChange
 
 #: ``blocked_by`` name of an action a confident policy will not take (its lower bound <= 0).
 NOT_CONFIDENT: Final = "not_confident"
@@ -237,6 +238,8 @@ class HybridAdvisor:
 
     hybrid: HybridPolicy
     value_model: Any = None
+    #: The rule windows the evidence moved (``training.windows``).
+    windows: list[WindowChange] = field(default_factory=list)
 
     def advise(self, X: np.ndarray, features: Features, ev: np.ndarray | None) -> Advice:
         policy = self.hybrid.policy
@@ -264,6 +267,8 @@ class RulesThenModel:
     verdicts: list[RuleVerdict]
     value_model: Any
     costs: ActionCosts = field(default_factory=ActionCosts)
+    #: The rule windows the evidence moved (``training.windows``).
+    windows: list[WindowChange] = field(default_factory=list)
 
     def advise(self, X: np.ndarray, features: Features, ev: np.ndarray | None) -> Advice:
         values = model_values(self.value_model, X, self.costs) if ev is None else ev
@@ -371,6 +376,8 @@ class ServedPolicy:
         policy = self.policy
         if isinstance(policy, TreePolicy):
             lines += policy.tree.describe(self.feature_names_)
+        if isinstance(policy, HybridAdvisor | RulesThenModel):
+            lines += [change.describe() for change in policy.windows]
         if isinstance(policy, HybridAdvisor):
             lines += [_verdict_line(v) for v in policy.hybrid.verdicts]
             lines += [f"override: {line}" for line in policy.hybrid.tree.describe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from features.rule_policy import (
 )
 from training.priors import AS_WRITTEN, CONFIRMED, DROPPED, HybridPolicy, judge_rules
 from training.served import HybridAdvisor, advised_choice
+from training.windows import tune_windows
 
 SHIPPED = load_rule_policy()
 WHEN = {"missing": "open_case_count"}
@@ -141,3 +143,30 @@ def test_hybrid_drops_a_harmful_rule_and_keeps_a_good_one() -> None:
     chosen = _hybrid_choice(HybridPolicy.fit(SHIPPED, X, features, good, customers), X, features)
     assert (chosen[in_segment] == "recognition").all()
     assert (chosen[~in_segment] == "none").all()  # noise elsewhere: no confident override
+
+
+def _windowed(n: int, seed: int, days: np.ndarray, gain: np.ndarray
+              ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:  # fmt: skip
+    features, scores, customers = _logged(n, seed)
+    features["days_since_last_milestone"] = days
+    scores[:, ACTIONS.index("recognition")] += gain
+    return features, scores, customers
+
+
+def test_a_window_moves_only_where_the_evidence_says_so() -> None:
+    rng = np.random.default_rng(3)
+    days = np.where(rng.random(9_000) < 0.5, rng.uniform(0, 40, 9_000), np.nan)
+    # Recognition pays within a week of the milestone and costs after it: 7 days beats 14.
+    features, scores, customers = _windowed(9_000, 3, days, np.where(days <= 7, 4.0, -4.0))
+    tuned, changes = tune_windows(SHIPPED, features, scores, customers)
+    assert [(c.rule, c.written, c.tuned) for c in changes] == [("recent_milestone", 14, 7)]
+    assert changes[0].lower > 0 and "14 -> 7 days" in changes[0].describe()
+    assert tuned.choose_one({"days_since_last_milestone": 10.0})[0] == "none"
+    assert tuned.choose_one({"days_since_last_milestone": 5.0})[0] == "recognition"
+    # No difference in the data: the brand's window stays (and the file as written).
+    features, scores, customers = _windowed(9_000, 4, days, np.zeros(9_000))
+    same, changes = tune_windows(SHIPPED, features, scores, customers)
+    assert changes == [] and same is SHIPPED
+    # It pickles with its new numbers (a served policy carries it).
+    again = pickle.loads(pickle.dumps(tuned))
+    assert again.choose_one({"days_since_last_milestone": 10.0})[0] == "none"

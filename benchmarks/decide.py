@@ -54,6 +54,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -211,23 +212,15 @@ def start_server(
     raise SystemExit("server not ready within 180 s")
 
 
-def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, str, str]]:
-    """Rows for Decider.decide (single) and decide_batch, in this process."""
-    from nba.settings import load_settings
-    from serving.decider import Decider, Request
+def bench_decider(model: Any, reader: Any, settings: Any, epsilon: float) -> Any:
+    """A ``Decider`` for ``model`` as the benchmarks time it: the workspace's reader, guardrails
+    and costs, an unlimited budget, an in-memory contact history, no decision log."""
+    from serving.decider import Decider
     from serving.guardrails import load_rules
     from serving.history import MemoryContactHistory
     from serving.policy import DailyBudget
-    from serving.runtime import compile_for_batches, load_champion
 
-    settings = load_settings()
-    from features.store import FeastAdapter
-
-    reader = FeastAdapter(settings.feature_repo, settings.feature_store_yaml).direct_reader()
-    model = load_champion(settings)
-    if settings.compiled_trees:  # as the service's workers do (serving.runtime)
-        compile_for_batches(model, settings)
-    decider = Decider(
+    return Decider(
         model=model,
         read=reader.read,
         read_many=reader.read_many,
@@ -237,8 +230,24 @@ def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, 
         budget=DailyBudget(10**9, lambda: datetime.now(UTC)),
         history=MemoryContactHistory(),
         log=lambda row: None,
-        epsilon=0.05,
+        epsilon=epsilon,
     )
+
+
+def in_process(ids: list[str], n: int, batch: int) -> list[tuple[str, str, str, str, str]]:
+    """Rows for Decider.decide (single) and decide_batch, in this process."""
+    from nba.settings import load_settings
+    from serving.decider import Request
+    from serving.runtime import compile_for_batches, load_champion
+
+    settings = load_settings()
+    from features.store import FeastAdapter
+
+    reader = FeastAdapter(settings.feature_repo, settings.feature_store_yaml).direct_reader()
+    model = load_champion(settings)
+    if settings.compiled_trees:  # as the service's workers do (serving.runtime)
+        compile_for_batches(model, settings)
+    decider = bench_decider(model, reader, settings, epsilon=0.05)
     gc.collect()
     gc.freeze()
     rows = []

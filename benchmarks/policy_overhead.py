@@ -28,37 +28,14 @@ if __name__ == "__main__" and __package__ in (None, ""):
 import argparse
 import gc
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.decide import customer_ids
+from benchmarks.decide import bench_decider, customer_ids
 
 console = Console()
-
-
-def decider_for(model: Any, reader: Any, settings: Any) -> Any:
-    """A decider as the benchmark of ``benchmarks/decide.py`` builds it, for ``model``."""
-    from serving.decider import Decider
-    from serving.guardrails import load_rules
-    from serving.history import MemoryContactHistory
-    from serving.policy import DailyBudget
-
-    return Decider(
-        model=model,
-        read=reader.read,
-        read_many=reader.read_many,
-        read_columns=reader.read_columns,
-        rules=load_rules(settings.guardrails),
-        costs=settings.action_costs(),
-        budget=DailyBudget(10**9, lambda: datetime.now(UTC)),
-        history=MemoryContactHistory(),
-        log=lambda row: None,
-        epsilon=0.0,
-    )
 
 
 def main() -> None:
@@ -83,7 +60,7 @@ def main() -> None:
         f"champion ({served.name})": champion,
         "its uplift model alone": LoadedModel(served.value_model, champion.version),
     }
-    deciders = {label: decider_for(m, reader, settings) for label, m in models.items()}
+    deciders = {label: bench_decider(m, reader, settings, 0.0) for label, m in models.items()}
     ids = customer_ids(args.requests)
     singles: dict[str, list[float]] = {label: [] for label in models}
     batches: dict[str, list[float]] = {label: [] for label in models}

@@ -546,74 +546,6 @@ def serve(
     os.execve(sys.executable, command, env)
 
 
-benchmark_app = typer.Typer(
-    help="Benchmarks on public data.", no_args_is_help=True, rich_markup_mode=None
-)
-app.add_typer(benchmark_app, name="benchmark")
-
-
-@benchmark_app.command("hillstrom")
-@_quiet
-def benchmark_hillstrom(
-    data: Annotated[Path, typer.Option("--data", help="The Hillstrom MineThatData CSV.")],
-    seeds: Annotated[
-        str, typer.Option(help="Comma-separated split seeds; the first is the headline split.")
-    ] = "42,0,1,2,3",
-    peers: Annotated[
-        bool, typer.Option(help="Also run scikit-uplift and causalml (the `bench` extra).")
-    ] = True,
-    policy: Annotated[
-        bool,
-        typer.Option(
-            help="Also run the policy-learning methods (DR-learner and policy tree on AIPW "
-            "scores, the confidence filter)."
-        ),
-    ] = True,
-) -> None:
-    """Our estimator beside scikit-uplift and causalml on Hillstrom (visit, 70/30 split)."""
-    from training.hillstrom_policy import run as run_hillstrom
-
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError as exc:
-        raise CliError(f"--seeds: {seeds!r} is not a comma-separated list of integers") from exc
-    if not data.is_file():
-        raise CliError(f"--data: {data} is not a file")
-    with console.status("[bold]Hillstrom benchmark[/]…", spinner="dots") as status:
-        started = time.perf_counter()
-        table = run_hillstrom(
-            data,
-            seeds=seed_list,
-            peers=peers,
-            policy=policy,
-            progress=lambda label: status.update(
-                f"[bold]Hillstrom[/] {time.perf_counter() - started:.0f} s: {label}"
-            ),
-        )
-    out = Table(
-        title=f"Hillstrom (visit): seed {seed_list[0]} split, and mean ± sd over seeds {seed_list}"
-    )
-    for col in ("learner", "Qini W", "Qini M", "IPW 3-arm", "Qini W mean ± sd", "Qini M mean",
-                "IPW mean", "IPW SE", "s/fit", "note"):  # fmt: skip
-        out.add_column(col)
-    for _, row in table.iterrows():
-        spread = row.get("qini_womens_std")
-        qini_w = report.fmt(row.get("qini_womens_mean"), 3)
-        out.add_row(
-            str(row["learner"]),
-            report.fmt(row.get("qini_womens"), 3),
-            report.fmt(row.get("qini_mens"), 3),
-            report.fmt(row.get("ipw_value_3arm"), 4),
-            qini_w if qini_w == "-" else f"{qini_w} ± {report.fmt(spread, 3)}",
-            report.fmt(row.get("qini_mens_mean"), 3),
-            report.fmt(row.get("ipw_value_3arm_mean"), 4),
-            report.fmt(row.get("ipw_se_mean"), 4),
-            report.fmt(row.get("seconds"), 1),
-            str(row.get("error") or ""),
-        )
-    output.wide().print(out)
-
-
 def main() -> None:
     """Console entry point: run the app, turning bad input into one message and exit code 2.
 
@@ -650,10 +582,11 @@ def main() -> None:
 from nba import cli_monitoring  # noqa: E402
 
 cli_monitoring.register(app, _quiet, CliError, _parse_time)
-# ``nba consume`` (nba/cli_stream.py).
-from nba import cli_stream  # noqa: E402
+# ``nba consume`` (nba/cli_stream.py) and ``nba benchmark hillstrom`` (nba/cli_bench.py).
+from nba import cli_bench, cli_stream  # noqa: E402
 
 cli_stream.register(app, _quiet, CliError, _prepare)
+cli_bench.register(app, _quiet, CliError)
 
 if __name__ == "__main__":
     main()

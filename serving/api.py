@@ -182,8 +182,19 @@ class Ranked(BaseModel):
     action: Action
     eligible: bool
     uplift: float | None = Field(description="Change in conversion probability vs none.")
-    expected_value: float | None = Field(description="Incremental net value, currency units.")
-    blocked_by: list[str] = Field(description="Guardrail rules that made it ineligible.")
+    expected_value: float | None = Field(
+        description="Incremental net value, currency units: the served policy's value."
+    )
+    blocked_by: list[str] = Field(
+        description="Guardrail rules that made it ineligible; also `holdout` (the control "
+        "group), `not_confident` (its lower bound is not positive) or `rule_policy` (the "
+        "customer's rule segment gives another action)."
+    )
+    value_lower: float | None = Field(
+        default=None,
+        description="One-sided 95% lower bound of expected_value where the served policy has "
+        "one (a confident model, an honest policy tree), else null.",
+    )
 
 
 class DecideResponse(BaseModel):

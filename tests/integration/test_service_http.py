@@ -131,6 +131,11 @@ def world(
         # A cheap goodwill voucher instead of the default 50: at 50 the model rightly credits
         # few customers of this small world, and the pacing would not be exercised.
         "NBA_COST_APOLOGY_CREDIT": "5",
+        # The service with the flagship policy, whatever this small world's selection would
+        # say: the brand's rules where one matches (a milestone: recognition), the uplift
+        # model elsewhere (promos, credits). The selection itself: test_train_cli.
+        "NBA_TRAIN_CANDIDATES": '["rules + s-learner"]',
+        "NBA_GATE_BASELINES": "false",
     }
     raw = str(root / "raw")
     for args in (

@@ -37,7 +37,7 @@ def one(
     out = {a: tuple(names) for a, names in blocked.items()}
     for j, action in enumerate(ACTIONS):
         if not advice.allowed[0, j]:
-            out[action] = (*out.get(action, ()), advice.blocked_name(j))
+            out[action] = (*out.get(action, ()), advice.blocked_name())
     column = int(advice.preferred[0])
     lowers = {a: float(advice.lower[0, j]) for j, a in enumerate(ACTIONS)}
     return out, (ACTIONS[column] if column >= 0 else None), lowers
@@ -62,7 +62,7 @@ def many(
     mask |= refused
     for k, j in zip(*np.nonzero(refused), strict=True):
         names = blocked_by[int(k)]
-        names[int(j)] = (*names[int(j)], advice.blocked_name(int(j)))
+        names[int(j)] = (*names[int(j)], advice.blocked_name())
     return np.asarray(advice.preferred[rows])
 
 

@@ -77,16 +77,26 @@ def judge_rules(
     return verdicts
 
 
+def kept_rules(verdicts: list[RuleVerdict], no_match: bool) -> np.ndarray:
+    """Per segment (each rule, then "no rule matched" last): whether the data kept it (a
+    dropped rule's segment is sent to the default); ``no_match`` is the last entry."""
+    return np.array([v.verdict != DROPPED for v in verdicts] + [no_match], dtype=bool)
+
+
+def rule_columns(policy: RulePolicy, segment: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The action column (``ACTIONS``) of each row's segment (-1: no rule matched), the
+    default's where the segment is not ``kept``."""
+    actions = [r.action for r in policy.rules] + [policy.default]
+    columns = np.array([ACTIONS.index(a) for a in actions], dtype=np.int64)
+    return np.where(kept[segment], columns[segment], ACTIONS.index(policy.default))
+
+
 def judged_choice(
     policy: RulePolicy, verdicts: list[RuleVerdict], features: pd.DataFrame
 ) -> np.ndarray:
     """The rule policy with dropped rules' segments sent to the default action."""
-    kept = np.array(
-        [v.verdict != DROPPED for v in verdicts] + [True], dtype=bool
-    )  # last: no rule matched
-    actions = np.array([r.action for r in policy.rules] + [policy.default], dtype=object)
-    segment = policy.segments(features)
-    return np.where(kept[segment], actions[segment], policy.default).astype(object)
+    columns = rule_columns(policy, policy.segments(features), kept_rules(verdicts, True))
+    return np.array(ACTIONS, dtype=object)[columns]
 
 
 @dataclass

@@ -37,7 +37,7 @@ from features.contract import ACTIONS
 from features.rule_policy import RulePolicy
 from training.confidence import ConfidenceFilter
 from training.policy_learning import NONE_CODE, ConversionFareModel, PolicyTree, promo_allowed
-from training.priors import HybridPolicy, RuleVerdict
+from training.priors import HybridPolicy, RuleVerdict, kept_rules, rule_columns
 from training.value import ActionCosts, expected_value
 from training.windows import WindowChange
 
@@ -60,7 +60,7 @@ class Advice:
     preferred: np.ndarray
     rule: np.ndarray | None = None
 
-    def blocked_name(self, column: int) -> str:
+    def blocked_name(self) -> str:
         """The ``blocked_by`` name for an action this policy does not allow."""
         return RULE_POLICY if self.rule is not None else NOT_CONFIDENT
 
@@ -200,13 +200,6 @@ def _segments(policy: RulePolicy, features: pd.DataFrame | Mapping[str, Any]) ->
     return np.array([policy.segment_one(features)], dtype=np.int64)
 
 
-def _rule_columns(policy: RulePolicy, segment: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    actions = [r.action for r in policy.rules] + [policy.default]
-    columns = np.array([ACTIONS.index(a) for a in actions], dtype=np.int64)
-    default = ACTIONS.index(policy.default)
-    return np.where(kept[segment], columns[segment], default)
-
-
 def _rule_names(policy: RulePolicy, segment: np.ndarray) -> np.ndarray:
     names = np.array([r.name for r in policy.rules] + [None], dtype=object)
     return names[segment]
@@ -224,7 +217,7 @@ class RulePolicyAsWritten:
         segment = _segments(self.policy, features)
         kept = np.ones(len(self.policy.rules) + 1, dtype=bool)
         values = ev if ev is not None else np.full((len(X), _K), np.nan)
-        return _ruled(_rule_columns(self.policy, segment, kept),
+        return _ruled(rule_columns(self.policy, segment, kept),
                       _rule_names(self.policy, segment), values)  # fmt: skip
 
 
@@ -244,8 +237,8 @@ class HybridAdvisor:
     def advise(self, X: np.ndarray, features: Features, ev: np.ndarray | None) -> Advice:
         policy = self.hybrid.policy
         segment = _segments(policy, features)
-        kept = np.array([v.verdict != "dropped" for v in self.hybrid.verdicts] + [True])
-        preferred = _rule_columns(policy, segment, kept)
+        kept = kept_rules(self.hybrid.verdicts, no_match=True)
+        preferred = rule_columns(policy, segment, kept)
         rule = _rule_names(policy, segment)
         rule = np.where(kept[segment], rule, np.array(None, dtype=object))
         codes = self.hybrid.tree.predict_codes(np.asarray(X, dtype=np.float64))
@@ -273,9 +266,9 @@ class RulesThenModel:
     def advise(self, X: np.ndarray, features: Features, ev: np.ndarray | None) -> Advice:
         values = model_values(self.value_model, X, self.costs) if ev is None else ev
         segment = _segments(self.policy, features)
-        kept = np.array([v.verdict != "dropped" for v in self.verdicts] + [False])
+        kept = kept_rules(self.verdicts, no_match=False)
         ruled = kept[segment]
-        preferred = np.where(ruled, _rule_columns(self.policy, segment, kept), -1)
+        preferred = np.where(ruled, rule_columns(self.policy, segment, kept), -1)
         advice = _advice(values)
         advice.allowed[ruled] = False
         advice.allowed[ruled, NONE_CODE] = True
@@ -342,14 +335,13 @@ class ServedPolicy:
     def predict(self, X: Any) -> np.ndarray:
         return np.asarray(self.value_model.predict(X))
 
-    def predict_effects(self, X: Any) -> dict[str, np.ndarray]:
-        return dict(self.value_model.predict_effects(X))
+    def predict_effects(self, X: Any) -> Any:
+        return self.value_model.predict_effects(X)
 
-    def predict_effects_row(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_effects_row(self, x: np.ndarray) -> Any:
+        # The request path: no copy of the model's answer.
         row = getattr(self.value_model, "predict_effects_row", None)
-        if row is None:
-            return self.predict_effects(x[None, :])
-        return dict(row(x))
+        return self.predict_effects(x[None, :]) if row is None else row(x)
 
     def contributions(self, X: Any) -> Any:
         return self.value_model.contributions(X)

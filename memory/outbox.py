@@ -156,31 +156,23 @@ class Outbox:
             return 0
         with self.db.begin() as tx:
             keys = [(f.trigger, f.customer_id, f.event_id) for f in firings]
-            known = self._in_outbox(tx, keys) | self._firing_keys(tx, keys)
+            known = self._existing(tx, OUTBOX, keys) | self._existing(tx, FIRINGS, keys)
             fresh = [r for r, k in zip(rows, keys, strict=True) if k not in known]
             if fresh:  # one statement for a whole flight's passengers
                 tx.execute(self.db.insert(FIRINGS).on_conflict_do_nothing(), fresh)
         return len(fresh)
 
-    def _firing_keys(self, tx: sa.Connection, keys: Sequence[tuple[str, str, str]]) -> set[tuple]:
+    @staticmethod
+    def _existing(tx: sa.Connection, table: sa.Table, keys: Sequence[tuple[str, str, str]]
+                  ) -> set[tuple]:  # fmt: skip
+        """Which (trigger, customer, event) keys ``table`` (firings or the outbox) already
+        holds, read by event id in chunks of 500 (an ``IN`` list's bound parameters)."""
         found: set[tuple] = set()
         events = sorted({k[2] for k in keys})
         for start in range(0, len(events), 500):
             rows = tx.execute(
-                sa.select(FIRINGS.c.trigger, FIRINGS.c.customer_id, FIRINGS.c.event_id).where(
-                    FIRINGS.c.event_id.in_(events[start : start + 500])
-                )
-            ).all()
-            found.update((r.trigger, r.customer_id, r.event_id) for r in rows)
-        return found
-
-    def _in_outbox(self, tx: sa.Connection, keys: Sequence[tuple[str, str, str]]) -> set[tuple]:
-        found: set[tuple] = set()
-        events = sorted({k[2] for k in keys})
-        for start in range(0, len(events), 500):
-            rows = tx.execute(
-                sa.select(OUTBOX.c.trigger, OUTBOX.c.customer_id, OUTBOX.c.event_id).where(
-                    OUTBOX.c.event_id.in_(events[start : start + 500])
+                sa.select(table.c.trigger, table.c.customer_id, table.c.event_id).where(
+                    table.c.event_id.in_(events[start : start + 500])
                 )
             ).all()
             found.update((r.trigger, r.customer_id, r.event_id) for r in rows)

@@ -1,7 +1,8 @@
 """Model selection from logged data alone, end to end on simulated worlds: in a world where no
 action has an effect nothing learned is selected; in the default world the selected policy is
 truly no worse than the better of doing nothing and the rule policy file, and truly better than
-the rules when it is a learned one (checked against the simulator's truth, which selection never sees).
+the rules when it is a learned one (checked against the simulator's truth, which selection
+never sees).
 """
 
 from __future__ import annotations

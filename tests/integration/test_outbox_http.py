@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.integration.envs import local_world_env
 from tests.integration.test_service_http import Client, start_server, stop
 from tests.integration.test_train_cli import run
 
@@ -51,12 +52,7 @@ def world(
     root = tmp_path_factory.mktemp("outbox")
     repo = feature_repo_copier(root / "repo", "nba")
     env = {
-        "NBA_FEATURE_REPO": str(repo),
-        "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "NBA_MLFLOW_ARTIFACT_LOCATION": str(root / "artifacts"),
-        "NBA_DECISION_LOG_DIR": str(root / "logs" / "decisions"),
-        "NBA_EVENTS_LOG_DIR": str(root / "logs" / "events"),
-        "NBA_PROMO_HISTORY_PATH": str(root / "logs" / "promos.db"),
+        **local_world_env(root, repo),
         "NBA_MEMORY_URL": f"sqlite:///{root / 'memory.db'}",
         "NBA_API_KEYS": "test-key",
         "NBA_EXPLORE_EPSILON": "0",

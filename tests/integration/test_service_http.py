@@ -29,6 +29,7 @@ import pytest
 
 from features import decision_log, schema
 from features.store import FeastAdapter
+from tests.integration.envs import local_world_env
 from tests.integration.test_train_cli import run
 
 pytestmark = pytest.mark.integration
@@ -119,12 +120,7 @@ def world(
     root = tmp_path_factory.mktemp("service")
     repo = feature_repo_copier(root / "repo", "nba")
     env = {
-        "NBA_FEATURE_REPO": str(repo),
-        "NBA_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "NBA_MLFLOW_ARTIFACT_LOCATION": str(root / "artifacts"),
-        "NBA_DECISION_LOG_DIR": str(root / "logs" / "decisions"),
-        "NBA_EVENTS_LOG_DIR": str(root / "logs" / "events"),
-        "NBA_PROMO_HISTORY_PATH": str(root / "logs" / "promos.db"),
+        **local_world_env(root, repo),
         "NBA_API_KEYS": f"other-key,{KEY}",
         "NBA_EXPLORE_EPSILON": "0",
         "NBA_APOLOGY_BUDGET_PER_DAY": str(BUDGET),
